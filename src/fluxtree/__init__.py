@@ -1,0 +1,30 @@
+"""fluxtree: Functors.jl, Optimisers.jl and Flux model utilities for Python.
+
+>>> import fluxtree as ft
+>>> ft.fmap(lambda v: v + 1, {"a": 1, "b": (2, 3)})
+{'a': 2, 'b': (3, 4)}
+"""
+from .functors import AbstractWalk as AbstractWalk
+from .functors import CachedWalk as CachedWalk
+from .functors import DefaultWalk as DefaultWalk
+from .functors import ExcludeWalk as ExcludeWalk
+from .functors import KeyPath as KeyPath
+from .functors import StructuralWalk as StructuralWalk
+from .functors import children as children
+from .functors import execute as execute
+from .functors import fcollect as fcollect
+from .functors import fleaves as fleaves
+from .functors import fmap as fmap
+from .functors import fmap_with_path as fmap_with_path
+from .functors import fmapstructure as fmapstructure
+from .functors import fmapstructure_with_path as fmapstructure_with_path
+from .functors import functor as functor
+from .functors import getkeypath as getkeypath
+from .functors import haskeypath as haskeypath
+from .functors import isleaf as isleaf
+from .functors import leaf as leaf
+from .functors import modules as modules
+from .functors import register as register
+from .functors import usecache as usecache
+
+__version__ = "0.1.0"

@@ -1,0 +1,737 @@
+# cython: language_level=3
+"""Compiled traversal core: node dispatch, the identity cache, fmap and collection.
+
+Every tree operation of fluxtree ends here.  A node is described by a ``NodeDef``
+resolved once per exact type (tuple, list, dict, namedtuple, dataclass, ``@functor``
+class, ``register``-ed class, or leaf) and kept in a type-keyed table, so the hot loop
+does one pointer compare or one dict lookup per node.
+
+Recursion is in C (no Python frames, no ``RecursionError``): acyclic trees tens of
+thousands of levels deep are fine, and a cycle is reported as a ``ValueError`` naming
+its path.  Errors raised inside the walk carry the path back up and are rewritten
+once, at the entry point.
+"""
+import dataclasses
+import types
+import functools
+
+import numpy as np
+
+from cpython.dict cimport PyDict_GetItem, PyDict_SetItem
+from cpython.long cimport PyLong_FromVoidPtr
+from cpython.object cimport PyObject
+from cpython.tuple cimport PyTuple_GET_SIZE
+
+# ----------------------------------------------------------------------------
+# node kinds and definitions
+# ----------------------------------------------------------------------------
+cdef enum Kind:
+    K_LEAF = 0
+    K_TUPLE = 1
+    K_LIST = 2
+    K_DICT = 3
+    K_NAMEDTUPLE = 4
+    K_RECORD = 5
+    K_CUSTOM = 6
+
+
+cdef class NodeDef:
+    """How one exact type is traversed: its kind, child fields and rebuild rule."""
+    cdef readonly int kind
+    cdef readonly bint cached          # identity-cache instances of this type
+    cdef readonly tuple fields         # child names of records, in children order
+    cdef readonly object make          # records: make(orig, values); dict/list subclasses: make(orig, items)
+    cdef readonly object flatten       # custom: flatten(x) -> children
+    cdef readonly object unflatten     # custom: unflatten(x, children) -> new
+
+    def __init__(self, int kind, bint cached, tuple fields=(), make=None,
+                 flatten=None, unflatten=None):
+        self.kind = kind
+        self.cached = cached
+        self.fields = fields
+        self.make = make
+        self.flatten = flatten
+        self.unflatten = unflatten
+
+
+cdef object _ndarray = np.ndarray
+cdef object _cupy_ndarray = None
+try:  # CuPy arrays are leaves and cached like NumPy arrays; no GPU is touched here
+    import cupy as _cupy
+    _cupy_ndarray = _cupy.ndarray
+except Exception:  # pragma: no cover - CuPy missing or broken
+    pass
+
+cdef NodeDef ARRAY_DEF = NodeDef(K_LEAF, True)
+cdef NodeDef IMMUTABLE_LEAF = NodeDef(K_LEAF, False)
+cdef NodeDef MUTABLE_LEAF = NodeDef(K_LEAF, True)
+cdef NodeDef TUPLE_DEF = NodeDef(K_TUPLE, False)
+cdef NodeDef LIST_DEF = NodeDef(K_LIST, True)
+cdef NodeDef DICT_DEF = NodeDef(K_DICT, True)
+
+#: user registrations (``register``, ``@functor``, ``leaf``), by exact type
+cdef dict _explicit = {}
+#: every type resolved so far (explicit ones included); cleared on registration
+cdef dict _defs = {}
+
+_IMMUTABLE_LEAF_TYPES = (
+    type(None), bool, int, float, complex, str, bytes, range, slice, frozenset,
+    type(Ellipsis), type(NotImplemented), np.generic, type, np.ufunc, np.dtype,
+    types.FunctionType, types.BuiltinFunctionType, types.MethodType,
+    types.BuiltinMethodType, types.MethodWrapperType, types.WrapperDescriptorType,
+    types.ModuleType, functools.partial,
+)
+
+
+cdef NodeDef _dataclass_def(object t):
+    fields = dataclasses.fields(t)
+    if not fields:
+        return IMMUTABLE_LEAF if t.__dataclass_params__.frozen else MUTABLE_LEAF
+    children = tuple(f.name for f in fields if not f.metadata.get("static", False))
+    init_names = tuple(f.name for f in fields if f.init)
+    late_names = tuple(f.name for f in fields if not f.init)
+    child_set = frozenset(children)
+
+    def make(orig, values):
+        given = dict(zip(children, values))
+        kw = {n: given[n] if n in child_set else getattr(orig, n) for n in init_names}
+        new = t(**kw)
+        for n in late_names:
+            object.__setattr__(new, n, given[n] if n in child_set else getattr(orig, n))
+        return new
+
+    return NodeDef(K_RECORD, not t.__dataclass_params__.frozen, children, make)
+
+
+cdef NodeDef _resolve(object t):
+    """Work out (and remember) how instances of the exact type ``t`` are traversed."""
+    cdef NodeDef d
+    spec = getattr(t, "__fluxtree_node__", None)
+    if spec is not None:
+        d = spec(t)            # @functor / leaf markers build their own def (subclasses too)
+    elif issubclass(t, tuple) and hasattr(t, "_fields") and hasattr(t, "_make"):
+        d = NodeDef(K_NAMEDTUPLE, False, tuple(t._fields), t._make)
+    elif dataclasses.is_dataclass(t):
+        d = _dataclass_def(t)
+    elif issubclass(t, dict):
+        d = NodeDef(K_DICT, True, (), _rebuild_dict_subclass)
+    elif issubclass(t, list):
+        d = NodeDef(K_LIST, True, (), _rebuild_list_subclass)
+    elif issubclass(t, _IMMUTABLE_LEAF_TYPES) or issubclass(t, tuple):
+        d = IMMUTABLE_LEAF
+    elif _cupy_ndarray is not None and issubclass(t, _cupy_ndarray):
+        d = ARRAY_DEF
+    else:
+        d = MUTABLE_LEAF       # arrays, RNGs, plain objects nobody registered
+    _defs[t] = d
+    return d
+
+
+def _rebuild_dict_subclass(orig, items):
+    new = orig.copy()
+    new.clear()
+    new.update(items)
+    return new
+
+
+def _rebuild_list_subclass(orig, items):
+    import copy
+    new = copy.copy(orig)
+    new[:] = items
+    return new
+
+
+cdef inline NodeDef lookup(object x):
+    t = type(x)
+    if t is _ndarray:
+        return ARRAY_DEF
+    if t is tuple:
+        return TUPLE_DEF if PyTuple_GET_SIZE(x) else IMMUTABLE_LEAF
+    if t is list:
+        return LIST_DEF
+    if t is dict:
+        return DICT_DEF
+    cdef PyObject* p = PyDict_GetItem(_defs, t)
+    if p != NULL:
+        return <NodeDef>p
+    return _resolve(t)
+
+
+def register_def(object cls, NodeDef d):
+    """Install ``d`` for exactly ``cls`` and forget every derived resolution."""
+    _explicit[cls] = d
+    _defs.clear()
+    _defs.update(_explicit)
+
+
+def node_def(object x):
+    """The ``NodeDef`` of ``x`` (for the Python layer and tests)."""
+    return lookup(x)
+
+
+def forget_resolutions():
+    """Drop cached resolutions (after a class gained or lost a marker)."""
+    _defs.clear()
+    _defs.update(_explicit)
+
+
+# ----------------------------------------------------------------------------
+# the protocol: children / rebuild / isleaf / usecache
+# ----------------------------------------------------------------------------
+cpdef bint isleaf(object x):
+    """True when ``x`` has no children: arrays, numbers, ``()``, strings, callables..."""
+    return lookup(x).kind == K_LEAF
+
+
+cpdef bint usecache(object x):
+    """True when the identity cache applies to ``x`` (mutable nodes and arrays)."""
+    return lookup(x).cached
+
+
+cdef object _custom_children(NodeDef d, object x):
+    ch = d.flatten(x)
+    if type(ch) is not tuple and type(ch) is not list and type(ch) is not dict:
+        raise TypeError(
+            f"flatten registered for {type(x).__name__} must return a tuple, list or dict "
+            f"of children, got {type(ch).__name__}.")
+    return ch
+
+
+def children(object x):
+    """The children of ``x``: a tuple, list or dict (field -> value for records); ``()`` for leaves."""
+    cdef NodeDef d = lookup(x)
+    cdef int k = d.kind
+    if k == K_LEAF:
+        return ()
+    if k == K_TUPLE:
+        return x
+    if k == K_LIST:
+        return list(x)
+    if k == K_DICT:
+        return dict(x)
+    if k == K_NAMEDTUPLE:
+        return dict(zip(d.fields, x))
+    if k == K_RECORD:
+        return {f: getattr(x, f) for f in d.fields}
+    return _custom_children(d, x)
+
+
+cdef list _keys_of(NodeDef d, object x, object ch):
+    """Child keys in children order (for pairing, paths and rebuilding)."""
+    cdef int k = d.kind
+    if k == K_TUPLE or k == K_LIST:
+        return list(range(len(x)))
+    if k == K_DICT:
+        return list(x.keys())
+    if k == K_NAMEDTUPLE or k == K_RECORD:
+        return list(d.fields)
+    if type(ch) is dict:
+        return list(ch.keys())
+    return list(range(len(ch)))
+
+
+def rebuild(object x, object new_children):
+    """Rebuild a node like ``x`` from children given in the form ``children(x)`` has.
+
+    Records also take a positional sequence in children order."""
+    cdef NodeDef d = lookup(x)
+    cdef int k = d.kind
+    if k == K_LEAF:
+        return x
+    if k == K_TUPLE:
+        return tuple(new_children)
+    if k == K_LIST:
+        return list(new_children) if d.make is None else d.make(x, list(new_children))
+    if k == K_DICT:
+        return dict(new_children) if d.make is None else d.make(x, dict(new_children))
+    if k == K_NAMEDTUPLE or k == K_RECORD:
+        values = _record_values(d, x, new_children)
+        return d.make(values) if k == K_NAMEDTUPLE else d.make(x, values)
+    return d.unflatten(x, new_children)
+
+
+cdef tuple _record_values(NodeDef d, object x, object new_children):
+    if isinstance(new_children, dict):
+        missing = [f for f in d.fields if f not in new_children]
+        if missing:
+            raise ValueError(
+                f"rebuilding {type(x).__name__} needs the children {list(d.fields)}, "
+                f"got no value for {missing}.")
+        return tuple(new_children[f] for f in d.fields)
+    values = tuple(new_children)
+    if len(values) != len(d.fields):
+        raise ValueError(
+            f"rebuilding {type(x).__name__} needs {len(d.fields)} children "
+            f"{list(d.fields)}, got {len(values)}.")
+    return values
+
+
+def rebuild_structure(object x, object new_children):
+    """The structural form of a rebuilt ``x``: dicts for records, else as ``children``."""
+    cdef NodeDef d = lookup(x)
+    cdef int k = d.kind
+    if k == K_LEAF:
+        return x
+    if k == K_TUPLE:
+        return tuple(new_children)
+    if k == K_LIST:
+        return list(new_children)
+    if k == K_NAMEDTUPLE or k == K_RECORD:
+        if isinstance(new_children, dict):
+            return {f: new_children[f] for f in d.fields}
+        return dict(zip(d.fields, new_children))
+    if isinstance(new_children, dict):
+        return dict(new_children)
+    return type(new_children)(new_children)
+
+
+# ----------------------------------------------------------------------------
+# key paths
+# ----------------------------------------------------------------------------
+class KeyPath(tuple):
+    """The location of a node: the keys from the root, read like Python.
+
+    Record fields print as attributes, positions and dict keys as subscripts:
+    ``str(path) == 'layers[1].weight'`` or ``'["enc"]'``.  Positions are 0-based.
+    A ``KeyPath`` compares equal to the tuple of its keys.
+
+    >>> kp = KeyPath.make(("layers", 1, "weight"), (True, False, True))
+    >>> str(kp), kp == ("layers", 1, "weight")
+    ('layers[1].weight', True)
+    >>> str(KeyPath(2, "c"))
+    '[2].c'
+    >>> str(KeyPath.make(("enc", 0), (False, False)))
+    '["enc"][0]'
+    """
+
+    def __new__(cls, *keys):
+        self = tuple.__new__(cls, keys)
+        self._attrs = tuple(type(k) is str and k.isidentifier() for k in keys)
+        return self
+
+    @classmethod
+    def make(cls, keys, attrs):
+        """A path from its keys and, for each, whether it is an attribute (record field)."""
+        self = tuple.__new__(cls, keys)
+        self._attrs = tuple(attrs)
+        return self
+
+    @property
+    def attrs(self):
+        """For each key, True when it names a record field (printed as ``.name``)."""
+        return self._attrs
+
+    def __add__(self, other):
+        if isinstance(other, KeyPath):
+            return KeyPath.make(tuple(self) + tuple(other), self._attrs + other._attrs)
+        return KeyPath(*self, *other)
+
+    def __str__(self):
+        parts = []
+        for k, a in zip(self, self._attrs):
+            if a:
+                parts.append(("." if parts else "") + str(k))
+            elif type(k) is str and '"' not in k:
+                parts.append(f'["{k}"]')
+            else:
+                parts.append(f"[{k!r}]")
+        return "".join(parts) if parts else "<root>"
+
+    def __repr__(self):
+        return f"KeyPath({', '.join(repr(k) for k in self)})"
+
+    def __hash__(self):
+        return tuple.__hash__(self)
+
+    def __eq__(self, other):
+        return tuple.__eq__(self, other)
+
+    def __ne__(self, other):
+        return tuple.__ne__(self, other)
+
+
+cdef object _ROOT = KeyPath()
+
+
+cdef inline object _child_path(object path, object key, bint attr):
+    return KeyPath.make(tuple(path) + (key,), path._attrs + (attr,))
+
+
+cdef inline bint _is_attr(NodeDef d, object key):
+    if d.kind == K_NAMEDTUPLE or d.kind == K_RECORD:
+        return True
+    return d.kind == K_CUSTOM and type(key) is str and key.isidentifier()
+
+
+def path_of(list keys, list attrs):
+    """A ``KeyPath`` from keys collected innermost-first (as errors carry them)."""
+    return KeyPath.make(tuple(reversed(keys)), tuple(reversed(attrs)))
+
+
+# ----------------------------------------------------------------------------
+# errors carrying their path
+# ----------------------------------------------------------------------------
+class TreeError(Exception):
+    """Internal carrier: a ValueError/TypeError whose message needs the path of the node."""
+
+    def __init__(self, exc_type, message):
+        super().__init__(message)
+        self.exc_type = exc_type
+        self.message = message
+        self.keys = []
+        self.attrs = []
+
+    def public(self, what):
+        path = path_of(self.keys, self.attrs)
+        return self.exc_type(f"{what}: {self.message.format(path=path)}")
+
+
+cdef void _annotate(object exc, object key, bint attr):
+    """Record one step of the path on an exception travelling up the tree."""
+    if isinstance(exc, TreeError):
+        exc.keys.append(key)
+        exc.attrs.append(attr)
+        return
+    try:
+        keys = exc.__dict__.setdefault("_fluxtree_keys", [])
+        exc.__dict__.setdefault("_fluxtree_attrs", []).append(attr)
+        keys.append(key)
+    except Exception:   # an exception type without __dict__: no path note
+        pass
+
+
+def finish_error(exc, str what):
+    """Turn an exception that escaped a walk into the one the user sees."""
+    if isinstance(exc, TreeError):
+        return exc.public(what)
+    keys = getattr(exc, "_fluxtree_keys", None)
+    if keys is not None:
+        path = path_of(keys, exc._fluxtree_attrs)
+        exc.add_note(f"fluxtree: raised in {what} at {path}")
+        del exc._fluxtree_keys, exc._fluxtree_attrs
+    return exc
+
+
+cdef object _cycle_error():
+    return TreeError(ValueError, "the tree contains itself: a cycle through {path}.")
+
+
+# ----------------------------------------------------------------------------
+# pairing the other trees' children with the first tree's
+# ----------------------------------------------------------------------------
+cdef tuple _paired(NodeDef d, object x, object xch, list keys, tuple ys):
+    """For each other tree, the tuple of its children aligned to ``keys``."""
+    cdef Py_ssize_t i, n = len(keys)
+    cdef list out = []
+    cdef NodeDef yd
+    for i in range(len(ys)):
+        y = ys[i]
+        yd = lookup(y)
+        if d.kind == K_TUPLE or d.kind == K_LIST or (d.kind == K_CUSTOM and type(xch) is not dict):
+            if d.kind == K_CUSTOM and type(y) is type(x):
+                seq = _custom_children(d, y)
+            elif yd.kind == K_TUPLE or yd.kind == K_LIST or yd.kind == K_NAMEDTUPLE:
+                seq = y
+            else:
+                raise TreeError(TypeError,
+                    f"tree {i + 2} holds a value of type {type(y).__name__} at {{path}}, "
+                    f"where tree 1 has the sequence node {type(x).__name__}.")
+            if len(seq) < n:
+                raise TreeError(ValueError,
+                    f"tree {i + 2} has {len(seq)} children at {{path}}, fewer than the "
+                    f"{n} of tree 1.")
+            out.append(tuple(seq[:n]))
+        else:
+            if yd.kind == K_DICT:
+                getter = y.__getitem__
+            elif yd.kind == K_CUSTOM and type(y) is type(x):
+                getter = _custom_children(d, y).__getitem__
+            elif yd.kind == K_NAMEDTUPLE or yd.kind == K_RECORD:
+                getter = functools.partial(getattr, y)
+            else:
+                raise TreeError(TypeError,
+                    f"tree {i + 2} holds a value of type {type(y).__name__} at {{path}}, "
+                    f"where tree 1 has the node {type(x).__name__} with keys {keys!r}.")
+            vals = []
+            for k in keys:
+                try:
+                    vals.append(getter(k))
+                except (KeyError, AttributeError, TypeError):
+                    raise TreeError(ValueError,
+                        f"tree {i + 2} has no entry {k!r} at {{path}}, where tree 1 has one.")
+            out.append(tuple(vals))
+    return tuple(out)
+
+
+# ----------------------------------------------------------------------------
+# fmap / fmapstructure / fmap_with_path
+# ----------------------------------------------------------------------------
+cdef object _NO_PRUNE = object()
+NO_PRUNE = _NO_PRUNE
+
+
+cdef class Mapper:
+    """One ``fmap`` walk: DefaultWalk (or StructuralWalk) under Exclude and Cached walks."""
+    cdef object f
+    cdef object exclude           # None: isleaf
+    cdef object prune
+    cdef dict cache               # None: no identity cache
+    cdef set visiting             # ids of mutable containers on the current path
+    cdef bint has_prune, structural, with_path
+
+    def __init__(self, f, exclude, cache, prune, bint structural, bint with_path):
+        self.f = f
+        self.exclude = exclude
+        self.cache = cache
+        self.prune = prune
+        self.has_prune = prune is not _NO_PRUNE
+        self.structural = structural
+        self.with_path = with_path
+        self.visiting = set()
+
+    def run(self, x, tuple ys):
+        return self.visit(x, ys, _ROOT)
+
+    cdef object visit(self, object x, tuple ys, object path):
+        cdef NodeDef d = lookup(x)
+        cdef object key = None
+        cdef PyObject* hit
+        cdef bint cached = d.cached and self.cache is not None
+        cdef bint excluded
+        if cached:
+            key = PyLong_FromVoidPtr(<void*>x)
+            hit = PyDict_GetItem(self.cache, key)
+            if hit != NULL:
+                return self.prune if self.has_prune else (<tuple>hit)[1]
+        if self.exclude is None:
+            excluded = d.kind == K_LEAF
+        elif self.with_path:
+            excluded = self.exclude(path, x)
+        else:
+            excluded = self.exclude(x)
+        if excluded:
+            if self.with_path:
+                r = self.f(path, x, *ys)
+            elif not ys:
+                r = self.f(x)
+            else:
+                r = self.f(x, *ys)
+        elif d.kind == K_LEAF:
+            r = x
+        else:
+            r = self.node(d, x, ys, path)
+        if cached:
+            PyDict_SetItem(self.cache, key, (x, r))
+        return r
+
+    cdef object node(self, NodeDef d, object x, tuple ys, object path):
+        cdef object ident = None
+        if d.cached:
+            ident = PyLong_FromVoidPtr(<void*>x)
+            if ident in self.visiting:
+                raise _cycle_error()
+            self.visiting.add(ident)
+        try:
+            r = self.node_body(d, x, ys, path)
+        finally:
+            if ident is not None:
+                self.visiting.discard(ident)
+        return r
+
+    cdef object node_body(self, NodeDef d, object x, tuple ys, object path):
+        cdef int k = d.kind
+        cdef Py_ssize_t i, n
+        cdef list out
+        cdef tuple yrows = ()
+        cdef list keys
+        cdef object cur = None
+        cdef bint attr = False
+        if ys or self.with_path or k == K_CUSTOM:
+            return self.node_general(d, x, ys, path)
+        # single tree, no paths: the hot loops
+        try:
+            if k == K_TUPLE or k == K_LIST:
+                n = len(x)
+                out = [None] * n
+                for i in range(n):
+                    cur = i
+                    out[i] = self.visit(x[i], (), None)
+                cur = None
+                if k == K_TUPLE:
+                    return tuple(out)
+                return out if d.make is None or self.structural else d.make(x, out)
+            if k == K_DICT:
+                res = {}
+                for kk, v in x.items():
+                    cur = kk
+                    res[kk] = self.visit(v, (), None)
+                cur = None
+                return res if d.make is None or self.structural else d.make(x, res)
+            attr = True
+            fields = d.fields
+            n = len(fields)
+            out = [None] * n
+            if k == K_NAMEDTUPLE:
+                for i in range(n):
+                    cur = fields[i]
+                    out[i] = self.visit(x[i], (), None)
+            else:
+                for i in range(n):
+                    cur = fields[i]
+                    out[i] = self.visit(getattr(x, cur), (), None)
+            cur = None
+            if self.structural:
+                return dict(zip(fields, out))
+            if k == K_NAMEDTUPLE:
+                return d.make(out)
+            return d.make(x, tuple(out))
+        except BaseException as e:
+            if cur is not None:
+                _annotate(e, cur, attr)
+            raise
+
+    cdef object node_general(self, NodeDef d, object x, tuple ys, object path):
+        """Several trees, key paths or a registered custom node."""
+        cdef int k = d.kind
+        cdef Py_ssize_t i, j, n
+        cdef object cur = None
+        cdef bint attr = False
+        xch = children(x) if k == K_CUSTOM else None
+        keys = _keys_of(d, x, xch)
+        n = len(keys)
+        if k == K_CUSTOM:
+            xvals = list(xch.values()) if type(xch) is dict else list(xch)
+        elif k == K_DICT:
+            xvals = list(x.values())
+        elif k == K_RECORD:
+            xvals = [getattr(x, f) for f in d.fields]
+        else:
+            xvals = list(x)
+        yrows = _paired(d, x, xch, keys, ys) if ys else ()
+        out = [None] * n
+        try:
+            for i in range(n):
+                cur = keys[i]
+                attr = _is_attr(d, cur)
+                cys = tuple([yrows[j][i] for j in range(len(yrows))])
+                cpath = _child_path(path, cur, attr) if self.with_path else None
+                out[i] = self.visit(xvals[i], cys, cpath)
+        except BaseException as e:
+            _annotate(e, cur, attr)
+            raise
+        if k == K_DICT or (k == K_CUSTOM and type(xch) is dict):
+            newch = dict(zip(keys, out))
+        elif k == K_CUSTOM and type(xch) is tuple:
+            newch = tuple(out)
+        else:
+            newch = out
+        if self.structural:
+            return rebuild_structure(x, newch)
+        return rebuild(x, newch)
+
+
+# ----------------------------------------------------------------------------
+# collection: fcollect (all nodes, de-duplicated) and fleaves (leaves, in order)
+# ----------------------------------------------------------------------------
+cdef class Collector:
+    """Depth-first pre-order collection of nodes or leaves."""
+    cdef list out
+    cdef object exclude            # None: default (never for nodes, isleaf for leaves)
+    cdef set seen                  # ids already listed (fcollect), None for fleaves
+    cdef set visiting
+    cdef bint leaves_only
+
+    def __init__(self, exclude, bint leaves_only):
+        self.out = []
+        self.exclude = exclude
+        self.leaves_only = leaves_only
+        self.seen = None if leaves_only else set()
+        self.visiting = set()
+
+    def run(self, x):
+        if self.leaves_only:
+            self.leaves(x)
+        else:
+            self.nodes(x)
+        return self.out
+
+    cdef void nodes(self, object x) except *:
+        cdef NodeDef d
+        cdef object ident
+        if self.exclude is not None and self.exclude(x):
+            return
+        d = lookup(x)
+        if d.cached:
+            ident = PyLong_FromVoidPtr(<void*>x)
+            if ident in self.seen:
+                if ident in self.visiting:
+                    raise _cycle_error()
+                return
+            self.seen.add(ident)
+        self.out.append(x)
+        if d.kind == K_LEAF:
+            return
+        if d.cached:
+            self.visiting.add(ident)
+        self.each_child(d, x)
+        if d.cached:
+            self.visiting.discard(ident)
+
+    cdef void leaves(self, object x) except *:
+        cdef NodeDef d = lookup(x)
+        cdef object ident
+        if self.exclude is None:
+            if d.kind == K_LEAF:
+                self.out.append(x)
+                return
+        elif self.exclude(x):
+            self.out.append(x)
+            return
+        elif d.kind == K_LEAF:
+            return
+        if d.cached:
+            ident = PyLong_FromVoidPtr(<void*>x)
+            if ident in self.visiting:
+                raise _cycle_error()
+            self.visiting.add(ident)
+            self.each_child(d, x)
+            self.visiting.discard(ident)
+        else:
+            self.each_child(d, x)
+
+    cdef void each_child(self, NodeDef d, object x) except *:
+        cdef int k = d.kind
+        cdef object cur = None
+        cdef bint attr = False
+        try:
+            if k == K_TUPLE or k == K_LIST or k == K_NAMEDTUPLE:
+                for i, v in enumerate(x):
+                    cur = d.fields[i] if k == K_NAMEDTUPLE else i
+                    self.child(v)
+            elif k == K_DICT:
+                for kk, v in x.items():
+                    cur = kk
+                    self.child(v)
+            elif k == K_RECORD:
+                attr = True
+                for f in d.fields:
+                    cur = f
+                    self.child(getattr(x, f))
+            else:
+                ch = _custom_children(d, x)
+                items = ch.items() if type(ch) is dict else enumerate(ch)
+                for kk, v in items:
+                    cur = kk
+                    attr = _is_attr(d, kk)
+                    self.child(v)
+        except BaseException as e:
+            if k == K_NAMEDTUPLE:
+                attr = True
+            _annotate(e, cur, attr)
+            raise
+
+    cdef inline void child(self, object v) except *:
+        if self.leaves_only:
+            self.leaves(v)
+        else:
+            self.nodes(v)
