@@ -21,6 +21,9 @@ from cpython.dict cimport PyDict_GetItem, PyDict_SetItem
 from cpython.long cimport PyLong_FromVoidPtr
 from cpython.object cimport PyObject
 from cpython.tuple cimport PyTuple_GET_SIZE
+cimport numpy as cnp
+
+cnp.import_array()
 
 # ----------------------------------------------------------------------------
 # node kinds and definitions
@@ -43,6 +46,7 @@ cdef class NodeDef:
     cdef readonly object make          # records: make(orig, values); dict/list subclasses: make(orig, items)
     cdef readonly object flatten       # custom: flatten(x) -> children
     cdef readonly object unflatten     # custom: unflatten(x, children) -> new
+    cdef readonly bint has_trainable   # instances narrow their children with x.trainable()
 
     def __init__(self, int kind, bint cached, tuple fields=(), make=None,
                  flatten=None, unflatten=None):
@@ -123,8 +127,14 @@ cdef NodeDef _resolve(object t):
         d = ARRAY_DEF
     else:
         d = MUTABLE_LEAF       # arrays, RNGs, plain objects nobody registered
+    _mark_trainable(d, t)
     _defs[t] = d
     return d
+
+
+cdef void _mark_trainable(NodeDef d, object t):
+    if d.kind == K_RECORD or d.kind == K_NAMEDTUPLE or d.kind == K_CUSTOM:
+        d.has_trainable = callable(getattr(t, "trainable", None))
 
 
 def _rebuild_dict_subclass(orig, items):
@@ -159,6 +169,7 @@ cdef inline NodeDef lookup(object x):
 
 def register_def(object cls, NodeDef d):
     """Install ``d`` for exactly ``cls`` and forget every derived resolution."""
+    _mark_trainable(d, cls)
     _explicit[cls] = d
     _defs.clear()
     _defs.update(_explicit)
@@ -283,6 +294,38 @@ def rebuild_structure(object x, object new_children):
     if isinstance(new_children, dict):
         return dict(new_children)
     return type(new_children)(new_children)
+
+
+cdef object _trainable_names(NodeDef d, object x):
+    """The names ``x.trainable()`` keeps, checked against the children; None for all."""
+    tr = x.trainable()
+    if not isinstance(tr, dict):
+        raise TreeError(TypeError,
+            f"{type(x).__name__}.trainable() must return a dict of child name -> value "
+            f"(a subset of its children), got {type(tr).__name__} at {{path}}.")
+    names = frozenset(tr)
+    fields = d.fields if d.kind != K_CUSTOM else tuple(_custom_children(d, x))
+    unknown = [n for n in tr if n not in fields]
+    if unknown:
+        raise TreeError(ValueError,
+            f"{type(x).__name__}.trainable() names {unknown}, which are not among its "
+            f"children {list(fields)}, at {{path}}.")
+    return names
+
+
+cdef inline bint _numeric_typenum(int t):
+    return (t == cnp.NPY_FLOAT16 or t == cnp.NPY_FLOAT or t == cnp.NPY_DOUBLE
+            or t == cnp.NPY_LONGDOUBLE or t == cnp.NPY_CFLOAT or t == cnp.NPY_CDOUBLE
+            or t == cnp.NPY_CLONGDOUBLE)
+
+
+cpdef bint isnumeric(object x):
+    """True for a float or complex array leaf (NumPy or CuPy): a parameter."""
+    if type(x) is _ndarray or isinstance(x, _ndarray):
+        return _numeric_typenum(cnp.PyArray_TYPE(<cnp.ndarray>x))
+    if _cupy_ndarray is not None and isinstance(x, _cupy_ndarray):
+        return x.dtype.kind in "fc"
+    return False
 
 
 # ----------------------------------------------------------------------------
@@ -477,9 +520,10 @@ cdef class Mapper:
     cdef object prune
     cdef dict cache               # None: no identity cache
     cdef set visiting             # ids of mutable containers on the current path
-    cdef bint has_prune, structural, with_path
+    cdef bint has_prune, structural, with_path, trainable_only
 
-    def __init__(self, f, exclude, cache, prune, bint structural, bint with_path):
+    def __init__(self, f, exclude, cache, prune, bint structural, bint with_path,
+                 bint trainable_only=False):
         self.f = f
         self.exclude = exclude
         self.cache = cache
@@ -487,6 +531,7 @@ cdef class Mapper:
         self.has_prune = prune is not _NO_PRUNE
         self.structural = structural
         self.with_path = with_path
+        self.trainable_only = trainable_only
         self.visiting = set()
 
     def run(self, x, tuple ys):
@@ -546,7 +591,7 @@ cdef class Mapper:
         cdef list keys
         cdef object cur = None
         cdef bint attr = False
-        if ys or self.with_path or k == K_CUSTOM:
+        if ys or self.with_path or k == K_CUSTOM or (self.trainable_only and d.has_trainable):
             return self.node_general(d, x, ys, path)
         # single tree, no paths: the hot loops
         try:
@@ -607,12 +652,17 @@ cdef class Mapper:
             xvals = [getattr(x, f) for f in d.fields]
         else:
             xvals = list(x)
+        allowed = (_trainable_names(d, x) if self.trainable_only and d.has_trainable
+                   else None)
         yrows = _paired(d, x, xch, keys, ys) if ys else ()
         out = [None] * n
         try:
             for i in range(n):
                 cur = keys[i]
                 attr = _is_attr(d, cur)
+                if allowed is not None and cur not in allowed:
+                    out[i] = xvals[i]          # not trainable: carried over untouched
+                    continue
                 cys = tuple([yrows[j][i] for j in range(len(yrows))])
                 cpath = _child_path(path, cur, attr) if self.with_path else None
                 out[i] = self.visit(xvals[i], cys, cpath)
@@ -631,21 +681,23 @@ cdef class Mapper:
 
 
 # ----------------------------------------------------------------------------
-# collection: fcollect (all nodes, de-duplicated) and fleaves (leaves, in order)
+# collection: fcollect (all nodes, de-duplicated), fleaves (leaves, in order),
+# and the parameter leaves behind destructure (trainable, numeric, de-duplicated)
 # ----------------------------------------------------------------------------
 cdef class Collector:
     """Depth-first pre-order collection of nodes or leaves."""
-    cdef list out
+    cdef readonly list out
     cdef object exclude            # None: default (never for nodes, isleaf for leaves)
-    cdef set seen                  # ids already listed (fcollect), None for fleaves
+    cdef set seen                  # ids already listed; None: no de-duplication
     cdef set visiting
-    cdef bint leaves_only
+    cdef bint leaves_only, params
 
-    def __init__(self, exclude, bint leaves_only):
+    def __init__(self, exclude, bint leaves_only, bint params=False):
         self.out = []
         self.exclude = exclude
-        self.leaves_only = leaves_only
-        self.seen = None if leaves_only else set()
+        self.leaves_only = leaves_only or params
+        self.params = params
+        self.seen = None if leaves_only and not params else set()
         self.visiting = set()
 
     def run(self, x):
@@ -682,10 +734,10 @@ cdef class Collector:
         cdef object ident
         if self.exclude is None:
             if d.kind == K_LEAF:
-                self.out.append(x)
+                self.leaf(x)
                 return
         elif self.exclude(x):
-            self.out.append(x)
+            self.leaf(x)
             return
         elif d.kind == K_LEAF:
             return
@@ -699,35 +751,50 @@ cdef class Collector:
         else:
             self.each_child(d, x)
 
+    cdef inline void leaf(self, object x) except *:
+        cdef object ident
+        if self.params:
+            if not isnumeric(x):
+                return
+            ident = PyLong_FromVoidPtr(<void*>x)
+            if ident in self.seen:
+                return
+            self.seen.add(ident)
+        self.out.append(x)
+
     cdef void each_child(self, NodeDef d, object x) except *:
         cdef int k = d.kind
-        cdef object cur = None
+        cdef object cur = _NOKEY
         cdef bint attr = False
+        allowed = _trainable_names(d, x) if self.params and d.has_trainable else None
         try:
-            if k == K_TUPLE or k == K_LIST or k == K_NAMEDTUPLE:
+            if k == K_TUPLE or k == K_LIST:
                 for i, v in enumerate(x):
-                    cur = d.fields[i] if k == K_NAMEDTUPLE else i
+                    cur = i
                     self.child(v)
             elif k == K_DICT:
                 for kk, v in x.items():
                     cur = kk
                     self.child(v)
-            elif k == K_RECORD:
+            elif k == K_NAMEDTUPLE or k == K_RECORD:
                 attr = True
-                for f in d.fields:
+                for i, f in enumerate(d.fields):
+                    if allowed is not None and f not in allowed:
+                        continue
                     cur = f
-                    self.child(getattr(x, f))
+                    self.child(x[i] if k == K_NAMEDTUPLE else getattr(x, f))
             else:
                 ch = _custom_children(d, x)
                 items = ch.items() if type(ch) is dict else enumerate(ch)
                 for kk, v in items:
+                    if allowed is not None and kk not in allowed:
+                        continue
                     cur = kk
                     attr = _is_attr(d, kk)
                     self.child(v)
         except BaseException as e:
-            if k == K_NAMEDTUPLE:
-                attr = True
-            _annotate(e, cur, attr)
+            if cur is not _NOKEY:
+                _annotate(e, cur, attr)
             raise
 
     cdef inline void child(self, object v) except *:
@@ -735,3 +802,124 @@ cdef class Collector:
             self.leaves(v)
         else:
             self.nodes(v)
+
+
+cdef object _NOKEY = object()
+
+
+# ----------------------------------------------------------------------------
+# pairing a second tree with a model's parameters (Restructure.flatten)
+# ----------------------------------------------------------------------------
+cdef class ParamPairer:
+    """Walk a model and a tree of the same structure in lock-step.
+
+    For each parameter occurrence of the model (trainable numeric leaf, every tied
+    position included, in destructure's order) the value the tree holds there goes to
+    ``out``; ``None`` where the tree holds ``None`` (no gradient) at or above it.
+    """
+    cdef readonly list out
+    cdef set visiting
+
+    def __init__(self):
+        self.out = []
+        self.visiting = set()
+
+    def run(self, model, tree):
+        self.visit(model, tree)
+        return self.out
+
+    cdef void visit(self, object m, object t) except *:
+        cdef NodeDef d = lookup(m)
+        cdef object ident = None
+        if d.kind == K_LEAF:
+            if isnumeric(m):
+                self.out.append(t)
+            return
+        if d.cached:
+            ident = PyLong_FromVoidPtr(<void*>m)
+            if ident in self.visiting:
+                raise _cycle_error()
+            self.visiting.add(ident)
+        self.node(d, m, t)
+        if ident is not None:
+            self.visiting.discard(ident)
+
+    cdef void node(self, NodeDef d, object m, object t) except *:
+        cdef int k = d.kind
+        cdef Py_ssize_t i, n
+        cdef object cur = _NOKEY
+        cdef bint attr = k == K_RECORD or k == K_NAMEDTUPLE
+        cdef NodeDef td
+        allowed = _trainable_names(d, m) if d.has_trainable else None
+        if k == K_CUSTOM:
+            mch = _custom_children(d, m)
+            if type(mch) is dict:
+                keys = list(mch)
+                mvals = list(mch.values())
+            else:
+                keys = list(range(len(mch)))
+                mvals = list(mch)
+        elif k == K_DICT:
+            keys = list(m.keys())
+            mvals = list(m.values())
+        elif k == K_RECORD:
+            keys = list(d.fields)
+            mvals = [getattr(m, f) for f in d.fields]
+        elif k == K_NAMEDTUPLE:
+            keys = list(d.fields)
+            mvals = list(m)
+        else:
+            keys = None
+            mvals = m
+        n = len(mvals)
+        if t is None:
+            tvals = None
+        elif keys is None or (k == K_CUSTOM and type(mch) is not dict):
+            td = lookup(t)
+            if k == K_CUSTOM and type(t) is type(m):
+                tvals = _custom_children(d, t)
+            elif td.kind == K_TUPLE or td.kind == K_LIST or td.kind == K_NAMEDTUPLE:
+                tvals = t
+            else:
+                raise TreeError(TypeError,
+                    f"expected a sequence like the model's {type(m).__name__} at {{path}}, "
+                    f"got {type(t).__name__}.")
+            if len(tvals) != n:
+                raise TreeError(ValueError,
+                    f"expected {n} children like the model's {type(m).__name__} at "
+                    f"{{path}}, got {len(tvals)}.")
+        else:
+            tvals = self.keyed(d, m, t, keys)
+        try:
+            for i in range(n):
+                cur = i if keys is None else keys[i]
+                if allowed is not None and cur not in allowed:
+                    continue
+                if k == K_CUSTOM:
+                    attr = _is_attr(d, cur)
+                self.visit(mvals[i], None if tvals is None else tvals[i])
+        except BaseException as e:
+            if cur is not _NOKEY:
+                _annotate(e, cur, attr)
+            raise
+
+    cdef list keyed(self, NodeDef d, object m, object t, list keys):
+        cdef NodeDef td = lookup(t)
+        if td.kind == K_DICT:
+            src = t
+        elif td.kind == K_RECORD or td.kind == K_NAMEDTUPLE or (
+                td.kind == K_CUSTOM and type(t) is type(m)):
+            src = children(t)
+        else:
+            raise TreeError(TypeError,
+                f"expected a dict or a {type(m).__name__} like the model at {{path}}, "
+                f"got {type(t).__name__}.")
+        vals = []
+        for key in keys:
+            if key in src:
+                vals.append(src[key])
+            else:
+                raise TreeError(ValueError,
+                    f"expected an entry {key!r} like the model's {type(m).__name__} at "
+                    f"{{path}}; the tree has {list(src)}.")
+        return vals
