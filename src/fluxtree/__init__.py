@@ -4,6 +4,12 @@
 >>> ft.fmap(lambda v: v + 1, {"a": 1, "b": (2, 3)})
 {'a': 2, 'b': (3, 4)}
 """
+from .flat import AliasWarning as AliasWarning
+from .flat import Restructure as Restructure
+from .flat import destructure as destructure
+from .flat import isnumeric as isnumeric
+from .flat import trainable as trainable
+from .flat import trainables as trainables
 from .functors import AbstractWalk as AbstractWalk
 from .functors import CachedWalk as CachedWalk
 from .functors import DefaultWalk as DefaultWalk

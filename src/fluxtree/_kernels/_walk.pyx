@@ -687,8 +687,10 @@ cdef class Mapper:
 cdef class Collector:
     """Depth-first pre-order collection of nodes or leaves."""
     cdef readonly list out
+    cdef readonly list occurrences # params: the slot in ``out`` of every occurrence
+    cdef dict slots                # params: id -> slot
     cdef object exclude            # None: default (never for nodes, isleaf for leaves)
-    cdef set seen                  # ids already listed; None: no de-duplication
+    cdef set seen                  # ids already listed (fcollect)
     cdef set visiting
     cdef bint leaves_only, params
 
@@ -697,7 +699,9 @@ cdef class Collector:
         self.exclude = exclude
         self.leaves_only = leaves_only or params
         self.params = params
-        self.seen = None if leaves_only and not params else set()
+        self.seen = set()
+        self.slots = {}
+        self.occurrences = []
         self.visiting = set()
 
     def run(self, x):
@@ -753,13 +757,18 @@ cdef class Collector:
 
     cdef inline void leaf(self, object x) except *:
         cdef object ident
+        cdef PyObject* slot
         if self.params:
             if not isnumeric(x):
                 return
             ident = PyLong_FromVoidPtr(<void*>x)
-            if ident in self.seen:
+            slot = PyDict_GetItem(self.slots, ident)
+            if slot != NULL:
+                self.occurrences.append(<object>slot)
                 return
-            self.seen.add(ident)
+            n = len(self.out)
+            self.slots[ident] = n
+            self.occurrences.append(n)
         self.out.append(x)
 
     cdef void each_child(self, NodeDef d, object x) except *:
