@@ -1,0 +1,42 @@
+"""Stub for the compiled pack/scatter kernels (fluxtree/_kernels/_flat.pyx).
+
+Kernels assume input validated by the Python layer: arrays of dtype float16,
+float32, float64, complex64 or complex128 in native byte order; the flat
+vector 1-D contiguous; ``outs`` C-contiguous and distinct; every
+``offsets[j] + size_j`` in bounds.  ``nthreads=0`` means min(2, OpenMP's
+maximum); threads are used only above ``PARALLEL_MIN_BYTES`` of output.
+"""
+
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+PARALLEL_MIN_BYTES: int
+
+def gather(
+    leaves: list[NDArray[Any]],
+    offsets: NDArray[np.int64],
+    out: NDArray[Any],
+    *,
+    nthreads: int = 0,
+) -> None:
+    """out[offsets[j]:offsets[j]+n_j] := cast(ravel_C(leaves[j])) for each j"""
+
+def gather_add(
+    leaves: list[NDArray[Any]],
+    offsets: NDArray[np.int64],
+    out: NDArray[Any],
+    *,
+    nthreads: int = 0,
+) -> None:
+    """out[offsets[j]:offsets[j]+n_j] += cast(ravel_C(leaves[j])) for each j, in order"""
+
+def scatter(
+    v: NDArray[Any],
+    offsets: NDArray[np.int64],
+    outs: list[NDArray[Any]],
+    *,
+    nthreads: int = 0,
+) -> None:
+    """outs[j][...] := cast(v[offsets[j]:offsets[j]+n_j]).reshape(outs[j].shape) for each j"""
