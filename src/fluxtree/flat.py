@@ -91,9 +91,10 @@ def _run(what: str, walker: Any, *args: Any) -> Any:
 
 
 def _collect_params(model: Any) -> tuple[list, list]:
-    walker = _walk.Collector(None, True, True)
+    walker = _walk.ParamCollector()
     params = _run("destructure", walker, model)
-    return params, walker.occurrences
+    occurrences = walker.occurrences
+    return params, list(range(len(params))) if occurrences is None else occurrences
 
 
 def _occurrence_paths(model: Any) -> list[KeyPath]:
@@ -125,70 +126,132 @@ class Layout:
 
     ``params`` are the unique parameter arrays in traversal order, ``offsets[j]`` the
     start of ``params[j]`` (``offsets[-1]`` the length), ``occurrences`` the slot of every
-    parameter position (tied arrays repeat a slot).
+    parameter position (tied arrays repeat a slot), ``slots`` maps ``id(param)`` to its
+    slot.  Shapes, dtypes and the block layout of rebuilt leaves are worked out on
+    first use.
     """
 
-    __slots__ = ("params", "offsets", "shapes", "dtypes", "dtype", "occurrences", "tied",
-                 "_paths", "_occ_paths")
-
-    def __init__(self, params: list, occurrences: list) -> None:
+    def __init__(self, walker: Any, params: list) -> None:
         self.params = params
-        self.occurrences = occurrences
-        self.tied = len(occurrences) != len(params)
-        sizes = np.fromiter((p.size for p in params), np.int64, len(params))
-        offsets = np.zeros(len(params) + 1, np.int64)
-        np.cumsum(sizes, out=offsets[1:])
-        self.offsets = offsets
-        self.shapes = [p.shape for p in params]
-        self.dtypes = [p.dtype for p in params]
-        unique = set(self.dtypes)
-        self.dtype = np.result_type(*unique) if unique else np.dtype(np.float32)
-        self._paths: list[KeyPath] | None = None
-        self._occ_paths: list[KeyPath] | None = None
+        self.tied = walker.occurrences is not None
+        self._occurrences: list[int] | None = walker.occurrences
+        self._slots: dict[int, int] | None = None
+        self.offsets = walker.offsets()
+        self.length = int(self.offsets[-1])
+        dtypes = list(walker.dtypes.values())
+        if walker.foreign:
+            dtypes += list({p.dtype for p in params if not isinstance(p, np.ndarray)})
+        self.dtype = np.result_type(*dtypes) if dtypes else np.dtype(np.float32)
+        self.paths: list[KeyPath] | None = None
+        self.occurrence_paths: list[KeyPath] | None = None
+        self._blocks: tuple | None = None
+        self._view_plans: dict[np.dtype, tuple] = {}
 
     @property
-    def length(self) -> int:
-        return int(self.offsets[-1])
+    def occurrences(self) -> list[int]:
+        """The slot of every parameter position, tied positions repeating their slot."""
+        if self._occurrences is None:
+            self._occurrences = list(range(len(self.params)))
+        return self._occurrences
+
+    @property
+    def slots(self) -> dict[int, int]:
+        """``id(param) -> slot``, for the rebuild."""
+        if self._slots is None:
+            self._slots = {id(p): j for j, p in enumerate(self.params)}
+        return self._slots
+
+    @property
+    def shapes(self) -> list[tuple[int, ...]]:
+        return self.blocks[0]
+
+    @property
+    def dtypes(self) -> list[np.dtype]:
+        return self.blocks[1]
+
+    @property
+    def blocks(self) -> tuple:
+        """Shapes, dtypes and the arguments of ``_flat.new_leaves``, made once."""
+        if self._blocks is None:
+            shapes = [p.shape for p in self.params]
+            dtypes = [p.dtype for p in self.params]
+            ndims = np.array([len(s) for s in shapes], np.int32)
+            dims = np.array([d for s in shapes for d in s], np.int64)
+            nbytes = np.array([p.nbytes for p in self.params], np.int64)
+            padded = (nbytes + 63) // 64 * 64          # each leaf starts 64-byte aligned
+            starts = np.zeros(len(self.params) + 1, np.int64)
+            np.cumsum(padded, out=starts[1:])
+            self._blocks = (shapes, dtypes, ndims, dims, starts[:-1].copy(), int(starts[-1]))
+        return self._blocks
+
+    def new_leaves(self) -> list[np.ndarray]:
+        """Fresh, uninitialised arrays shaped like the parameters, in one allocation."""
+        _, dtypes, ndims, dims, starts, total = self.blocks
+        return _flat.new_leaves(dtypes, ndims, dims, starts, total)
+
+    def views_into(self, v: np.ndarray) -> list[np.ndarray]:
+        """Parameters as views into ``v`` where the dtype matches ``v``'s, else copies."""
+        plan = self._view_plans.get(v.dtype)
+        if plan is None:
+            plan = self._view_plans[v.dtype] = self._view_plan(v.dtype)
+        same, other, view_args, copy_args, other_offsets = plan
+        new: list = [None] * len(self.params)
+        for j, leaf in zip(same, _flat.new_leaves(*view_args, block=v)):
+            new[j] = leaf
+        if other:
+            copies = _flat.new_leaves(*copy_args)
+            _flat.scatter(v, other_offsets, copies)
+            for j, leaf in zip(other, copies):
+                new[j] = leaf
+        return new
+
+    def _view_plan(self, dtype: np.dtype) -> tuple:
+        shapes, dtypes = self.shapes, self.dtypes
+        same = [j for j, d in enumerate(dtypes) if d == dtype]
+        other = [j for j, d in enumerate(dtypes) if d != dtype]
+
+        def args(idx: list[int], starts: np.ndarray) -> tuple:
+            sub = [shapes[j] for j in idx]
+            return ([dtypes[j] for j in idx], np.array([len(s) for s in sub], np.int32),
+                    np.array([d for s in sub for d in s], np.int64), starts, 0)
+
+        view_args = args(same, self.offsets[same] * dtype.itemsize)
+        nbytes = np.array([self.params[j].nbytes for j in other], np.int64)
+        padded = np.zeros(len(other) + 1, np.int64)
+        np.cumsum((nbytes + 63) // 64 * 64, out=padded[1:])
+        copy_args = args(other, padded[:-1].copy())[:4] + (int(padded[-1]),)
+        return same, other, view_args, copy_args, np.ascontiguousarray(self.offsets[other])
 
 
-def _check_device(params: list, model: Any) -> None:
-    kinds = {type(p) is np.ndarray or isinstance(p, np.ndarray) for p in params}
-    if len(kinds) > 1:
-        paths = _first_paths(model, len(params))
-        cpu = next(str(q) for q, p in zip(paths, params) if isinstance(p, np.ndarray))
-        gpu = next(str(q) for q, p in zip(paths, params) if not isinstance(p, np.ndarray))
+def _check_device(layout: Layout, model: Any) -> None:
+    if 0 < len([p for p in layout.params if not isinstance(p, np.ndarray)]) < len(layout.params):
+        paths = _first_paths(model, len(layout.params))
+        kinds = [(str(q), isinstance(p, np.ndarray)) for q, p in zip(paths, layout.params)]
+        cpu = next(q for q, on_cpu in kinds if on_cpu)
+        gpu = next(q for q, on_cpu in kinds if not on_cpu)
         raise ValueError(f"destructure: the model mixes CPU and GPU parameters (CPU at {cpu}, "
                          f"GPU at {gpu}); move it with fluxtree.cpu or fluxtree.gpu first.")
 
 
-def _warn_aliases(params: list, model: Any) -> None:
-    """Warn when distinct parameter arrays overlap in memory (views of one buffer)."""
-    groups: dict[int, list[int]] = {}
-    for j, p in enumerate(params):
-        base = p.base
-        if base is None:
-            continue
+def _warn_aliases(layout: Layout, views: list[int], model: Any) -> None:
+    """Warn when distinct parameter arrays overlap in memory (``W`` and ``W.T``)."""
+    if not views:
+        return
+    params = layout.params
+    owners = {id(p): j for j, p in enumerate(params) if p.base is None}
+    suspects = set(views)
+    for j in views:
+        base = params[j].base
         while isinstance(base, np.ndarray) and base.base is not None:
             base = base.base
-        groups.setdefault(id(base), []).append(j)
-    owners = {id(p): j for j, p in enumerate(params) if p.base is None}
-    pairs = []
-    for key, members in groups.items():
-        if key in owners:
-            members = [owners[key], *members]
-        if len(members) < 2:
-            continue
-        bounds = sorted((byte_bounds(params[j]), j) for j in members)
-        reach, who = bounds[0][0][1], bounds[0][1]
-        for (lo, hi), j in bounds[1:]:
-            if lo < reach and np.shares_memory(params[who], params[j]):
-                pairs.append((who, j))
-            if hi > reach:
-                reach, who = hi, j
+        if id(base) in owners:
+            suspects.add(owners[id(base)])
+    order = sorted(suspects)
+    pairs = [(order[a], order[b]) for a, b in _flat.overlap_candidates([params[j] for j in order])
+             if np.shares_memory(params[order[a]], params[order[b]])]
     if pairs:
         paths = _first_paths(model, len(params))
         for a, b in pairs:
-            a, b = sorted((a, b))
             warnings.warn(
                 f"destructure: the parameters at {paths[a]} and {paths[b]} share memory "
                 f"without being the same array; the flat vector holds them separately, so "
@@ -211,14 +274,15 @@ def destructure(model: M) -> tuple[np.ndarray, Restructure[M]]:
     >>> re(np.array([3, 5, 7 + 11j]))
     {'x': array([3., 5.]), 'y': ('sin', array([7.+11.j]))}
     """
-    params, occurrences = _collect_params(model)
-    _check_device(params, model)
-    layout = Layout(params, occurrences)
-    if params and not isinstance(params[0], np.ndarray):
+    walker = _walk.ParamCollector()
+    params = _run("destructure", walker, model)
+    layout = Layout(walker, params)
+    if walker.foreign:
+        _check_device(layout, model)
         return _gpu_pack(layout), Restructure(model, layout)
     flat = np.empty(layout.length, layout.dtype)
     _flat.gather(params, layout.offsets, flat)
-    _warn_aliases(params, model)
+    _warn_aliases(layout, walker.views, model)
     return flat, Restructure(model, layout)
 
 
@@ -243,9 +307,11 @@ def _as_vector(v: Any, n: int) -> np.ndarray:
     if v.shape[0] != n:
         raise ValueError(f"Restructure: expected a vector of length {n}, got {v.shape[0]}.")
     if v.dtype.kind in "biu":
-        v = v.astype(np.float64)
-    elif not v.dtype.isnative or v.dtype == np.longdouble or v.dtype == np.clongdouble:
-        v = v.astype(np.result_type(v.dtype.newbyteorder("="), np.float64).newbyteorder("="))
+        return v.astype(np.float64)
+    if not v.dtype.isnative or v.dtype == np.longdouble or v.dtype == np.clongdouble:
+        return v.astype(np.complex128 if v.dtype.kind == "c" else np.float64)
+    if not (v.flags.c_contiguous and v.flags.aligned):
+        return np.ascontiguousarray(v)
     return v
 
 
@@ -279,35 +345,23 @@ class Restructure(Generic[M]):
     @property
     def paths(self) -> list[KeyPath]:
         """The position of each slice (the first position of a tied parameter)."""
-        if self.layout._paths is None:
-            self.layout._paths = _first_paths(self.model, len(self.layout.params))
-        return list(self.layout._paths)
-
-    def _occurrence_paths(self) -> list[KeyPath]:
-        if self.layout._occ_paths is None:
-            self.layout._occ_paths = _occurrence_paths(self.model)
-        return self.layout._occ_paths
+        if self.layout.paths is None:
+            self.layout.paths = _first_paths(self.model, len(self.layout.params))
+        return list(self.layout.paths)
 
     def __call__(self, v: Any, *, copy: bool = True) -> M:
         lay = self.layout
         v = _as_vector(v, lay.length)
-        new = [np.empty(s, d) for s, d in zip(lay.shapes, lay.dtypes)]
-        if not copy:
-            offs = lay.offsets
-            for j, d in enumerate(lay.dtypes):
-                if d == v.dtype:
-                    new[j] = v[offs[j]:offs[j + 1]].reshape(lay.shapes[j])
-            todo = [j for j, d in enumerate(lay.dtypes) if d != v.dtype]
-            if todo:
-                _flat.scatter(v, np.ascontiguousarray(offs[todo]), [new[j] for j in todo])
-        else:
+        if copy:
+            new = lay.new_leaves()
             _flat.scatter(v, lay.offsets, new)
+        else:
+            new = lay.views_into(v)
         return self._rebuild(new)
 
-    def _rebuild(self, new: Sequence[Any]) -> M:
-        cache = {id(p): (p, a) for p, a in zip(self.layout.params, new)}
-        mapper = _walk.Mapper(_same, None, cache, _walk.NO_PRUNE, False, False, True)
-        return _run("Restructure", mapper, self.model, ())
+    def _rebuild(self, new: list) -> M:
+        mapper = _walk.Mapper(None, None, {}, _walk.NO_PRUNE, False, False, True)
+        return _run("Restructure", mapper.replace(self.layout.slots, new), self.model, ())
 
     def flatten(self, tree: Any, out: np.ndarray | None = None) -> np.ndarray:
         """Pack ``tree`` (same structure as the model) into a flat vector with this layout.
@@ -324,66 +378,46 @@ class Restructure(Generic[M]):
         """
         lay = self.layout
         if tree is self.model:
-            values = list(lay.params) if not lay.tied else None
-        else:
-            values = _run("Restructure.flatten", _walk.ParamPairer(), self.model, tree)
-        if values is None:
-            values = [lay.params[s] for s in lay.occurrences]
-        self._check_values(values)
-        out = self._out(values, out)
-        if not lay.tied:
-            self._pack(values, lay.offsets, out)
+            out = self._out([], out)
+            _flat.gather(lay.params, lay.offsets, out)
             return out
-        slots = lay.occurrences
-        first: dict[int, list] = {}
-        for value, slot in zip(values, slots):
-            first.setdefault(slot, []).append(value)
-        leading, extra, extra_slots = [], [], []
-        for slot in range(len(lay.params)):
-            seen = []
-            for value in first[slot]:
-                if value is None or any(value is s for s in seen):
-                    continue
-                seen.append(value)
-            leading.append(seen[0] if seen else None)
-            extra.extend(seen[1:])
-            extra_slots.extend([slot] * (len(seen) - 1))
-        self._pack(leading, lay.offsets, out)
+        pairer = _walk.ParamPairer(lay.shapes, lay.occurrences)
+        values = _run("Restructure.flatten", pairer, self.model, tree)
+        out = self._out(list(pairer.dtypes.values()), out)
+        if not lay.tied:
+            self._pack(values, lay.offsets, out, pairer.nones > 0)
+            return out
+        by_slot: list[list] = [[] for _ in lay.params]
+        for value, slot in zip(values, lay.occurrences):
+            if value is not None and not any(value is seen for seen in by_slot[slot]):
+                by_slot[slot].append(value)
+        self._pack([vs[0] if vs else None for vs in by_slot], lay.offsets, out,
+                   not all(by_slot))
+        extra = [(v, slot) for slot, vs in enumerate(by_slot) for v in vs[1:]]
         if extra:
-            _flat.gather_add(extra, np.ascontiguousarray(lay.offsets[extra_slots]), out)
+            offsets = np.array([lay.offsets[slot] for _, slot in extra], np.int64)
+            _flat.gather_add([v for v, _ in extra], offsets, out)
         return out
 
-    def _pack(self, values: list, offsets: np.ndarray, out: np.ndarray) -> None:
-        if any(v is None for v in values):
-            keep = [j for j, v in enumerate(values) if v is not None]
+    @staticmethod
+    def _pack(values: list, offsets: np.ndarray, out: np.ndarray, holes: bool) -> None:
+        if holes:
+            keep = []
             for j, v in enumerate(values):
                 if v is None:
                     out[offsets[j]:offsets[j + 1]] = 0
+                else:
+                    keep.append(j)
             values = [values[j] for j in keep]
             offsets = np.ascontiguousarray(offsets[keep])
         _flat.gather(values, offsets, out)
 
-    def _check_values(self, values: list) -> None:
+    def _out(self, dtypes: list[np.dtype], out: np.ndarray | None) -> np.ndarray:
         lay = self.layout
-        for k, (value, slot) in enumerate(zip(values, lay.occurrences)):
-            if value is None:
-                continue
-            if type(value) is not np.ndarray or not isnumeric(value):
-                what = (f"dtype {value.dtype}" if isinstance(value, np.ndarray)
-                        else f"a {type(value).__name__}")
-                raise TypeError(f"Restructure.flatten: expected a float or complex array at "
-                                f"{self._occurrence_paths()[k]}, got {what}.")
-            if value.shape != lay.shapes[slot]:
-                raise ValueError(f"Restructure.flatten: expected shape {lay.shapes[slot]} at "
-                                 f"{self._occurrence_paths()[k]}, got {value.shape}.")
-
-    def _out(self, values: list, out: np.ndarray | None) -> np.ndarray:
-        lay = self.layout
-        dtypes = {v.dtype for v in values if v is not None}
         if out is None:
             return np.empty(lay.length, np.result_type(lay.dtype, *dtypes))
         if not isinstance(out, np.ndarray) or out.ndim != 1 or out.shape[0] != lay.length:
-            got = out.shape if isinstance(out, np.ndarray) else type(out).__name__
+            got = f"shape {out.shape}" if isinstance(out, np.ndarray) else type(out).__name__
             raise ValueError(f"Restructure.flatten: out must be a 1-D vector of length "
                              f"{lay.length}, got {got}.")
         if out.dtype.kind not in "fc" or not out.flags.c_contiguous or not out.flags.writeable:

@@ -19,7 +19,8 @@ cimport numpy as cnp
 from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
 from cpython.ref cimport PyObject
 from cython.parallel cimport prange
-from libc.stdint cimport int64_t
+from libc.stdint cimport int32_t, int64_t
+import numpy as np
 from libc.stdlib cimport free, malloc
 
 cnp.import_array()
@@ -195,3 +196,99 @@ def scatter(cnp.ndarray v, const int64_t[:] offsets, list outs, *, int nthreads=
             _run(L, k, 0, total, nbytes, 0, nthreads)
     finally:
         free(L)
+
+
+# ----------------------------------------------------------------------------
+# new leaves for Restructure, and the overlap test behind destructure's alias warning
+# ----------------------------------------------------------------------------
+from cpython.ref cimport Py_INCREF
+from cpython.object cimport PyTypeObject
+
+cdef extern from "numpy/arrayobject.h":
+    object _new_from_descr "PyArray_NewFromDescr"(
+        PyTypeObject *subtype, PyObject *descr, int nd, cnp.npy_intp *dims,
+        cnp.npy_intp *strides, void *data, int flags, PyObject *obj)
+    enum:
+        NPY_ARRAY_CARRAY
+        NPY_ARRAY_CARRAY_RO
+    PyTypeObject PyArray_Type
+
+
+def new_leaves(list descrs, const int32_t[:] ndims, const int64_t[:] dims,
+               const int64_t[:] byte_offsets, Py_ssize_t nbytes, cnp.ndarray block=None):
+    """[C array j of dtype descrs[j] and shape dims[...] at block + byte_offsets[j]]
+
+    Without ``block``, all leaves live in one fresh, uninitialised block (their common
+    ``base``) without overlapping, so a rebuild allocates once instead of once per leaf;
+    with ``block`` (a contiguous array the caller has checked is large enough) they are
+    views into it."""
+    cdef Py_ssize_t j, m = len(descrs), d = 0
+    cdef int flags = NPY_ARRAY_CARRAY
+    if block is None:
+        block = cnp.PyArray_EMPTY(1, [max(nbytes, 1)], cnp.NPY_UINT8, 0)
+    elif not cnp.PyArray_ISWRITEABLE(block):
+        flags = NPY_ARRAY_CARRAY_RO
+    cdef char *data = cnp.PyArray_BYTES(block)
+    cdef list out = [None] * m
+    cdef object descr
+    cdef cnp.ndarray leaf
+    for j in range(m):
+        descr = descrs[j]
+        Py_INCREF(descr)                        # PyArray_NewFromDescr steals it
+        leaf = _new_from_descr(&PyArray_Type, <PyObject *>descr, ndims[j],
+                               <cnp.npy_intp *>&dims[d] if ndims[j] else NULL, NULL,
+                               data + byte_offsets[j], flags, NULL)
+        cnp.set_array_base(leaf, block)
+        out[j] = leaf
+        d += ndims[j]
+    return out
+
+
+def overlap_candidates(list arrays):
+    """[(i, j)]: pairs whose byte extents [lowest, highest] intersect (i < j)
+
+    A sweep over the extents sorted by start; pairs found still need an exact test
+    (``np.shares_memory``), since interleaved strided views can intersect without
+    sharing an element."""
+    cdef Py_ssize_t m = len(arrays), j, i, k, nd
+    cdef cnp.ndarray a
+    cdef int64_t lo, hi, step
+    cdef cnp.npy_intp *shape
+    cdef cnp.npy_intp *strides
+    ext = np.empty((m, 2), np.int64)
+    cdef int64_t[:, :] e = ext
+    for j in range(m):
+        a = arrays[j]
+        lo = <int64_t>cnp.PyArray_BYTES(a)
+        hi = lo
+        nd = cnp.PyArray_NDIM(a)
+        shape = cnp.PyArray_DIMS(a)
+        strides = cnp.PyArray_STRIDES(a)
+        if cnp.PyArray_SIZE(a) == 0:
+            e[j, 0] = lo
+            e[j, 1] = lo
+            continue
+        for k in range(nd):
+            step = strides[k] * (shape[k] - 1)
+            if step < 0:
+                lo += step
+            else:
+                hi += step
+        e[j, 0] = lo
+        e[j, 1] = hi + cnp.PyArray_ITEMSIZE(a)
+    order = np.argsort(ext[:, 0], kind="stable")
+    pairs = []
+    cdef Py_ssize_t who
+    cdef int64_t reach
+    if m < 2:
+        return pairs
+    who = order[0]
+    reach = e[who, 1]
+    for k in range(1, m):
+        j = order[k]
+        if e[j, 0] < reach and e[j, 1] > e[j, 0]:
+            pairs.append((min(who, j), max(who, j)))
+        if e[j, 1] > reach:
+            reach = e[j, 1]
+            who = j
+    return pairs

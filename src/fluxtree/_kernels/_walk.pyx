@@ -21,6 +21,8 @@ from cpython.dict cimport PyDict_GetItem, PyDict_SetItem
 from cpython.long cimport PyLong_FromVoidPtr
 from cpython.object cimport PyObject
 from cpython.tuple cimport PyTuple_GET_SIZE
+from libc.stdint cimport int64_t, uintptr_t
+from libc.stdlib cimport calloc, free, malloc, realloc
 cimport numpy as cnp
 
 cnp.import_array()
@@ -521,6 +523,8 @@ cdef class Mapper:
     cdef dict cache               # None: no identity cache
     cdef set visiting             # ids of mutable containers on the current path
     cdef bint has_prune, structural, with_path, trainable_only
+    cdef dict slots               # id(param) -> slot, for Restructure's rebuild
+    cdef list replacements        # slot -> new array
 
     def __init__(self, f, exclude, cache, prune, bint structural, bint with_path,
                  bint trainable_only=False):
@@ -534,6 +538,12 @@ cdef class Mapper:
         self.trainable_only = trainable_only
         self.visiting = set()
 
+    def replace(self, dict slots, list replacements):
+        """Put ``replacements[slots[id(leaf)]]`` wherever such a leaf stands."""
+        self.slots = slots
+        self.replacements = replacements
+        return self
+
     def run(self, x, tuple ys):
         return self.visit(x, ys, _ROOT)
 
@@ -543,6 +553,10 @@ cdef class Mapper:
         cdef PyObject* hit
         cdef bint cached = d.cached and self.cache is not None
         cdef bint excluded
+        if self.slots is not None and d.kind == K_LEAF and d.cached:
+            hit = PyDict_GetItem(self.slots, PyLong_FromVoidPtr(<void*>x))
+            if hit != NULL:
+                return self.replacements[<Py_ssize_t><object>hit]
         if cached:
             key = PyLong_FromVoidPtr(<void*>x)
             hit = PyDict_GetItem(self.cache, key)
@@ -555,7 +569,9 @@ cdef class Mapper:
         else:
             excluded = self.exclude(x)
         if excluded:
-            if self.with_path:
+            if self.f is None:
+                r = x
+            elif self.with_path:
                 r = self.f(path, x, *ys)
             elif not ys:
                 r = self.f(x)
@@ -687,21 +703,17 @@ cdef class Mapper:
 cdef class Collector:
     """Depth-first pre-order collection of nodes or leaves."""
     cdef readonly list out
-    cdef readonly list occurrences # params: the slot in ``out`` of every occurrence
-    cdef dict slots                # params: id -> slot
     cdef object exclude            # None: default (never for nodes, isleaf for leaves)
     cdef set seen                  # ids already listed (fcollect)
     cdef set visiting
-    cdef bint leaves_only, params
+    cdef bint leaves_only, trainable_only
 
-    def __init__(self, exclude, bint leaves_only, bint params=False):
+    def __init__(self, exclude, bint leaves_only, bint trainable_only=False):
         self.out = []
         self.exclude = exclude
-        self.leaves_only = leaves_only or params
-        self.params = params
+        self.leaves_only = leaves_only
+        self.trainable_only = trainable_only
         self.seen = set()
-        self.slots = {}
-        self.occurrences = []
         self.visiting = set()
 
     def run(self, x):
@@ -755,39 +767,30 @@ cdef class Collector:
         else:
             self.each_child(d, x)
 
-    cdef inline void leaf(self, object x) except *:
-        cdef object ident
-        cdef PyObject* slot
-        if self.params:
-            if not isnumeric(x):
-                return
-            ident = PyLong_FromVoidPtr(<void*>x)
-            slot = PyDict_GetItem(self.slots, ident)
-            if slot != NULL:
-                self.occurrences.append(<object>slot)
-                return
-            n = len(self.out)
-            self.slots[ident] = n
-            self.occurrences.append(n)
+    cdef void leaf(self, object x) except *:
         self.out.append(x)
 
     cdef void each_child(self, NodeDef d, object x) except *:
         cdef int k = d.kind
         cdef object cur = _NOKEY
+        cdef Py_ssize_t i, n, pos = -1
         cdef bint attr = False
-        allowed = _trainable_names(d, x) if self.params and d.has_trainable else None
+        allowed = _trainable_names(d, x) if self.trainable_only and d.has_trainable else None
         try:
             if k == K_TUPLE or k == K_LIST:
-                for i, v in enumerate(x):
-                    cur = i
-                    self.child(v)
+                n = len(x)
+                for i in range(n):
+                    pos = i
+                    self.child(x[i])
             elif k == K_DICT:
                 for kk, v in x.items():
                     cur = kk
                     self.child(v)
             elif k == K_NAMEDTUPLE or k == K_RECORD:
                 attr = True
-                for i, f in enumerate(d.fields):
+                fields = d.fields
+                for i in range(len(fields)):
+                    f = fields[i]
                     if allowed is not None and f not in allowed:
                         continue
                     cur = f
@@ -802,7 +805,9 @@ cdef class Collector:
                     attr = _is_attr(d, kk)
                     self.child(v)
         except BaseException as e:
-            if cur is not _NOKEY:
+            if pos >= 0:
+                _annotate(e, pos, False)
+            elif cur is not _NOKEY:
                 _annotate(e, cur, attr)
             raise
 
@@ -816,6 +821,131 @@ cdef class Collector:
 cdef object _NOKEY = object()
 
 
+cdef class ParamCollector(Collector):
+    """The parameters behind ``destructure``: trainable float/complex array leaves.
+
+    ``out`` holds each parameter once (first occurrence order); ``occurrences`` the slot
+    of every parameter position (None while there is no tie: then it is 0, 1, 2, ...).
+    ``dtypes`` maps the NumPy type numbers seen to their dtypes, ``views`` lists the
+    slots of arrays that do not own their memory (candidates for aliasing), ``foreign``
+    counts non-NumPy (GPU) parameters, ``offsets()`` gives the start of each slot.
+    De-duplication uses a pointer-keyed open-addressing table, not Python objects.
+    """
+    cdef readonly object occurrences
+    cdef readonly dict dtypes
+    cdef readonly list views
+    cdef readonly Py_ssize_t foreign
+    cdef Py_ssize_t n_occ, last_type
+    cdef int64_t* sizes
+    cdef Py_ssize_t sizes_cap
+    cdef uintptr_t* keys
+    cdef Py_ssize_t* vals
+    cdef Py_ssize_t cap, used
+
+    def __cinit__(self):
+        self.sizes_cap = 64
+        self.sizes = <int64_t*>malloc(self.sizes_cap * sizeof(int64_t))
+        self.cap = 128
+        self.keys = <uintptr_t*>calloc(self.cap, sizeof(uintptr_t))
+        self.vals = <Py_ssize_t*>malloc(self.cap * sizeof(Py_ssize_t))
+        if self.sizes == NULL or self.keys == NULL or self.vals == NULL:
+            raise MemoryError()
+
+    def __dealloc__(self):
+        free(self.sizes)
+        free(self.keys)
+        free(self.vals)
+
+    def __init__(self):
+        Collector.__init__(self, None, True, True)
+        self.occurrences = None
+        self.dtypes = {}
+        self.views = []
+        self.foreign = 0
+        self.n_occ = 0
+        self.last_type = -1
+
+    cdef inline Py_ssize_t probe(self, uintptr_t key) noexcept:
+        cdef Py_ssize_t mask = self.cap - 1
+        cdef Py_ssize_t i = <Py_ssize_t>(((key >> 4) * <uintptr_t>0x9E3779B97F4A7C15) >> 20) & mask
+        while self.keys[i] != 0 and self.keys[i] != key:
+            i = (i + 1) & mask
+        return i
+
+    cdef void grow(self) except *:
+        cdef uintptr_t* old_keys = self.keys
+        cdef Py_ssize_t* old_vals = self.vals
+        cdef Py_ssize_t old_cap = self.cap, i, j
+        self.cap *= 2
+        self.keys = <uintptr_t*>calloc(self.cap, sizeof(uintptr_t))
+        self.vals = <Py_ssize_t*>malloc(self.cap * sizeof(Py_ssize_t))
+        if self.keys == NULL or self.vals == NULL:
+            raise MemoryError()
+        for i in range(old_cap):
+            if old_keys[i] != 0:
+                j = self.probe(old_keys[i])
+                self.keys[j] = old_keys[i]
+                self.vals[j] = old_vals[i]
+        free(old_keys)
+        free(old_vals)
+
+    cdef void leaf(self, object x) except *:
+        cdef Py_ssize_t i, slot
+        cdef int t
+        cdef uintptr_t key = <uintptr_t><void*>x
+        cdef int64_t* grown
+        if not isnumeric(x):
+            return
+        i = self.probe(key)
+        if self.keys[i] != 0:
+            slot = self.vals[i]
+            if self.occurrences is None:
+                self.occurrences = list(range(self.n_occ))
+            self.occurrences.append(slot)
+            self.n_occ += 1
+            return
+        slot = len(self.out)
+        self.keys[i] = key
+        self.vals[i] = slot
+        self.used += 1
+        if 2 * self.used > self.cap:
+            self.grow()
+        if self.occurrences is not None:
+            self.occurrences.append(slot)
+        self.n_occ += 1
+        self.out.append(x)
+        if slot == self.sizes_cap:
+            grown = <int64_t*>realloc(self.sizes, 2 * self.sizes_cap * sizeof(int64_t))
+            if grown == NULL:
+                raise MemoryError()
+            self.sizes = grown
+            self.sizes_cap *= 2
+        if isinstance(x, _ndarray):
+            self.sizes[slot] = cnp.PyArray_SIZE(<cnp.ndarray>x)
+            t = cnp.PyArray_TYPE(<cnp.ndarray>x)
+            if t != self.last_type:
+                self.last_type = t
+                if t not in self.dtypes:
+                    self.dtypes[t] = cnp.PyArray_DescrFromType(t)
+            if cnp.PyArray_BASE(<cnp.ndarray>x) != NULL:
+                self.views.append(slot)
+        else:
+            self.sizes[slot] = x.size
+            self.foreign += 1
+
+    def offsets(self):
+        """int64 array of slot starts, with the total length last."""
+        cdef Py_ssize_t j, n = len(self.out)
+        out = np.empty(n + 1, np.int64)
+        cdef int64_t[::1] o = out
+        cdef int64_t acc = 0
+        for j in range(n):
+            o[j] = acc
+            acc += self.sizes[j]
+        o[n] = acc
+        return out
+
+
 # ----------------------------------------------------------------------------
 # pairing a second tree with a model's parameters (Restructure.flatten)
 # ----------------------------------------------------------------------------
@@ -824,25 +954,60 @@ cdef class ParamPairer:
 
     For each parameter occurrence of the model (trainable numeric leaf, every tied
     position included, in destructure's order) the value the tree holds there goes to
-    ``out``; ``None`` where the tree holds ``None`` (no gradient) at or above it.
+    ``out``; ``None`` where the tree holds ``None`` (no gradient) at or above it.  Each
+    value is checked against the layout: a float or complex NumPy array of the slot's
+    shape.  ``dtypes`` collects the dtypes of the values.
     """
     cdef readonly list out
+    cdef readonly dict dtypes
+    cdef readonly Py_ssize_t nones
     cdef set visiting
+    cdef list shapes              # slot -> expected shape
+    cdef list occurrences         # occurrence -> slot
+    cdef Py_ssize_t count
 
-    def __init__(self):
+    def __init__(self, list shapes, list occurrences):
         self.out = []
+        self.dtypes = {}
         self.visiting = set()
+        self.shapes = shapes
+        self.occurrences = occurrences
+        self.count = 0
 
     def run(self, model, tree):
         self.visit(model, tree)
         return self.out
+
+    cdef void value(self, object t) except *:
+        cdef Py_ssize_t i, nd
+        cdef cnp.npy_intp* dims
+        shape = <tuple>self.shapes[<Py_ssize_t>self.occurrences[self.count]]
+        self.count += 1
+        if t is None:
+            self.out.append(None)
+            self.nones += 1
+            return
+        if type(t) is not _ndarray or not _numeric_typenum(cnp.PyArray_TYPE(<cnp.ndarray>t)):
+            what = f"dtype {t.dtype}" if isinstance(t, _ndarray) else f"a {type(t).__name__}"
+            raise TreeError(TypeError, f"expected a float or complex array at {{path}}, got {what}.")
+        nd = cnp.PyArray_NDIM(<cnp.ndarray>t)
+        dims = cnp.PyArray_DIMS(<cnp.ndarray>t)
+        if nd != len(shape):
+            raise TreeError(ValueError, f"expected shape {shape} at {{path}}, got {t.shape}.")
+        for i in range(nd):
+            if dims[i] != <Py_ssize_t>shape[i]:
+                raise TreeError(ValueError, f"expected shape {shape} at {{path}}, got {t.shape}.")
+        tn = cnp.PyArray_TYPE(<cnp.ndarray>t)
+        if tn not in self.dtypes:
+            self.dtypes[tn] = cnp.PyArray_DescrFromType(tn)
+        self.out.append(t)
 
     cdef void visit(self, object m, object t) except *:
         cdef NodeDef d = lookup(m)
         cdef object ident = None
         if d.kind == K_LEAF:
             if isnumeric(m):
-                self.out.append(t)
+                self.value(t)
             return
         if d.cached:
             ident = PyLong_FromVoidPtr(<void*>m)
