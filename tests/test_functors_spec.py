@@ -841,17 +841,11 @@ def run_deep(kind, op):
 
 
 _ROOT_TYPE = {"list": "list", "dict": "dict", "tuple": "tuple", "record": "Box"}
-_DEEP_BUG = pytest.mark.xfail(strict=True, reason=(
-    "BUG: fmap_with_path and multi-tree fmap (Mapper.node_general) overflow the C stack and "
-    "segfault on a 10,000-level acyclic tree under the default 8 MiB stack (Part A rule 13)"))
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["list", "dict", "tuple", "record"])
 @pytest.mark.parametrize("op", [
     "fmap", "fmapstructure", "fcollect", "fleaves",
-    pytest.param("fmap_with_path", marks=_DEEP_BUG),
-    pytest.param("fmap_multi", marks=_DEEP_BUG),
+    "fmap_with_path", "fmap_multi",
 ])
 def test_deep_acyclic_tree_10000_levels(kind, op):
     res = run_deep(kind, op)

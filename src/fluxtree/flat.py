@@ -106,7 +106,7 @@ def _occurrence_paths(model: Any) -> list[KeyPath]:
             paths.append(path)
         return leaf
 
-    mapper = _walk.Mapper(visit, functors._leaf_at_path, None, _walk.NO_PRUNE, False, True,
+    mapper = _walk.Mapper(visit, None, None, _walk.NO_PRUNE, False, True,
                           True)
     _run("destructure", mapper, model, ())
     return paths

@@ -26,6 +26,7 @@ __all__ = [
 
 T = TypeVar("T")
 _NO_PRUNE = _walk.NO_PRUNE
+_K_NAMEDTUPLE = 4
 _K_RECORD = 5
 _K_CUSTOM = 6
 
@@ -284,8 +285,6 @@ def fmap_with_path(f: Callable[..., Any], x: T, *ys: Any,
     >>> fmap_with_path(lambda p, v: str(p), {"enc": [1, 2], "dec": 3})
     {'enc': ['["enc"][0]', '["enc"][1]'], 'dec': '["dec"]'}
     """
-    if exclude is None:
-        exclude = _leaf_at_path
     return _run_mapper("fmap_with_path", f, x, ys, exclude, cache, prune, False, True)
 
 
@@ -297,13 +296,7 @@ def fmapstructure_with_path(f: Callable[..., Any], x: Any, *ys: Any,
     >>> fmapstructure_with_path(lambda p, v: str(p), (1, {"a": 2}))
     ('[0]', {'a': '[1]["a"]'})
     """
-    if exclude is None:
-        exclude = _leaf_at_path
     return _run_mapper("fmapstructure_with_path", f, x, ys, exclude, cache, prune, True, True)
-
-
-def _leaf_at_path(path: KeyPath, x: Any) -> bool:
-    return isleaf(x)
 
 
 def fcollect(x: Any, exclude: Callable[[Any], bool] | None = None) -> list:
@@ -377,15 +370,17 @@ def getkeypath(x: Any, path: Iterable[Hashable]) -> Any:
     >>> getkeypath({"layers": ({"w": 1}, {"w": 2})}, KeyPath("layers", 1, "w"))
     2
     """
-    node, walked = x, []
+    node, walked, attrs = x, [], []
     for key in path:
         try:
-            node = _step(node, key)
+            child = _step(node, key)
         except (KeyError, IndexError):
             raise KeyError(
-                f"no child {key!r} at {KeyPath(*walked)}; it has "
+                f"no child {key!r} at {KeyPath.make(walked, attrs)}; it has "
                 f"{_keys_text(node)}.") from None
         walked.append(key)
+        attrs.append(_walk.node_def(node).kind in (_K_NAMEDTUPLE, _K_RECORD))
+        node = child
     return node
 
 

@@ -395,11 +395,22 @@ class KeyPath(tuple):
         return tuple.__ne__(self, other)
 
 
-cdef object _ROOT = KeyPath()
+cdef object _ROOT = None    # paths travel as cons cells (parent, key, attr); None is the root
 
 
 cdef inline object _child_path(object path, object key, bint attr):
-    return KeyPath.make(tuple(path) + (key,), path._attrs + (attr,))
+    return (path, key, attr)
+
+
+cdef object _keypath(object chain):
+    """Materialise a cons-cell path into a KeyPath (only where f or exclude sees it)."""
+    keys = []
+    attrs = []
+    while chain is not None:
+        keys.append(chain[1])
+        attrs.append(chain[2])
+        chain = chain[0]
+    return path_of(keys, attrs)
 
 
 cdef inline bint _is_attr(NodeDef d, object key):
@@ -514,6 +525,37 @@ cdef tuple _paired(NodeDef d, object x, object xch, list keys, tuple ys):
 cdef object _NO_PRUNE = object()
 NO_PRUNE = _NO_PRUNE
 
+#: tree levels walked on one C stack before the walk moves to a fresh thread's stack
+cdef Py_ssize_t LEVELS_PER_STACK = 400
+cdef Py_ssize_t FRESH_STACK_BYTES = 64 * 1024 * 1024
+
+
+def _on_fresh_stack(fn, *args):
+    """Run ``fn(*args)`` on a new thread with a large stack and wait for it.
+
+    The recursion is in C, so depth is bounded by the C stack, not by Python's
+    recursion limit: every ``LEVELS_PER_STACK`` levels the walk continues on a fresh
+    stack, which makes depth unlimited while shallow trees never pay for a thread."""
+    import threading
+    box = [None, None]
+
+    def target():
+        try:
+            box[0] = fn(*args)
+        except BaseException as e:
+            box[1] = e
+
+    old = threading.stack_size(FRESH_STACK_BYTES)
+    try:
+        worker = threading.Thread(target=target, name="fluxtree-deep-walk")
+        worker.start()
+    finally:
+        threading.stack_size(old)
+    worker.join()
+    if box[1] is not None:
+        raise box[1]
+    return box[0]
+
 
 cdef class Mapper:
     """One ``fmap`` walk: DefaultWalk (or StructuralWalk) under Exclude and Cached walks."""
@@ -525,6 +567,7 @@ cdef class Mapper:
     cdef bint has_prune, structural, with_path, trainable_only
     cdef dict slots               # id(param) -> slot, for Restructure's rebuild
     cdef list replacements        # slot -> new array
+    cdef Py_ssize_t depth
 
     def __init__(self, f, exclude, cache, prune, bint structural, bint with_path,
                  bint trainable_only=False):
@@ -565,14 +608,14 @@ cdef class Mapper:
         if self.exclude is None:
             excluded = d.kind == K_LEAF
         elif self.with_path:
-            excluded = self.exclude(path, x)
+            excluded = self.exclude(_keypath(path), x)
         else:
             excluded = self.exclude(x)
         if excluded:
             if self.f is None:
                 r = x
             elif self.with_path:
-                r = self.f(path, x, *ys)
+                r = self.f(_keypath(path), x, *ys)
             elif not ys:
                 r = self.f(x)
             else:
@@ -592,12 +635,20 @@ cdef class Mapper:
             if ident in self.visiting:
                 raise _cycle_error()
             self.visiting.add(ident)
+        self.depth += 1
         try:
-            r = self.node_body(d, x, ys, path)
+            if self.depth % LEVELS_PER_STACK == 0:
+                r = _on_fresh_stack(self.node_body_entry, d, x, ys, path)
+            else:
+                r = self.node_body(d, x, ys, path)
         finally:
+            self.depth -= 1
             if ident is not None:
                 self.visiting.discard(ident)
         return r
+
+    def node_body_entry(self, NodeDef d, x, tuple ys, path):
+        return self.node_body(d, x, ys, path)
 
     cdef object node_body(self, NodeDef d, object x, tuple ys, object path):
         cdef int k = d.kind
@@ -605,7 +656,7 @@ cdef class Mapper:
         cdef list out
         cdef tuple yrows = ()
         cdef list keys
-        cdef object cur = None
+        cdef object cur = _NOKEY
         cdef bint attr = False
         if ys or self.with_path or k == K_CUSTOM or (self.trainable_only and d.has_trainable):
             return self.node_general(d, x, ys, path)
@@ -617,7 +668,7 @@ cdef class Mapper:
                 for i in range(n):
                     cur = i
                     out[i] = self.visit(x[i], (), None)
-                cur = None
+                cur = _NOKEY
                 if k == K_TUPLE:
                     return tuple(out)
                 return out if d.make is None or self.structural else d.make(x, out)
@@ -626,7 +677,7 @@ cdef class Mapper:
                 for kk, v in x.items():
                     cur = kk
                     res[kk] = self.visit(v, (), None)
-                cur = None
+                cur = _NOKEY
                 return res if d.make is None or self.structural else d.make(x, res)
             attr = True
             fields = d.fields
@@ -640,14 +691,14 @@ cdef class Mapper:
                 for i in range(n):
                     cur = fields[i]
                     out[i] = self.visit(getattr(x, cur), (), None)
-            cur = None
+            cur = _NOKEY
             if self.structural:
                 return dict(zip(fields, out))
             if k == K_NAMEDTUPLE:
                 return d.make(out)
             return d.make(x, tuple(out))
         except BaseException as e:
-            if cur is not None:
+            if cur is not _NOKEY:
                 _annotate(e, cur, attr)
             raise
 
@@ -707,6 +758,7 @@ cdef class Collector:
     cdef set seen                  # ids already listed (fcollect)
     cdef set visiting
     cdef bint leaves_only, trainable_only
+    cdef Py_ssize_t depth
 
     def __init__(self, exclude, bint leaves_only, bint trainable_only=False):
         self.out = []
@@ -741,7 +793,7 @@ cdef class Collector:
             return
         if d.cached:
             self.visiting.add(ident)
-        self.each_child(d, x)
+        self.descend(d, x)
         if d.cached:
             self.visiting.discard(ident)
 
@@ -762,13 +814,26 @@ cdef class Collector:
             if ident in self.visiting:
                 raise _cycle_error()
             self.visiting.add(ident)
-            self.each_child(d, x)
+            self.descend(d, x)
             self.visiting.discard(ident)
         else:
-            self.each_child(d, x)
+            self.descend(d, x)
 
     cdef void leaf(self, object x) except *:
         self.out.append(x)
+
+    cdef void descend(self, NodeDef d, object x) except *:
+        self.depth += 1
+        try:
+            if self.depth % LEVELS_PER_STACK == 0:
+                _on_fresh_stack(self.each_child_entry, d, x)
+            else:
+                self.each_child(d, x)
+        finally:
+            self.depth -= 1
+
+    def each_child_entry(self, NodeDef d, x):
+        self.each_child(d, x)
 
     cdef void each_child(self, NodeDef d, object x) except *:
         cdef int k = d.kind
@@ -964,7 +1029,7 @@ cdef class ParamPairer:
     cdef set visiting
     cdef list shapes              # slot -> expected shape
     cdef list occurrences         # occurrence -> slot
-    cdef Py_ssize_t count
+    cdef Py_ssize_t count, depth
 
     def __init__(self, list shapes, list occurrences):
         self.out = []
@@ -1014,9 +1079,19 @@ cdef class ParamPairer:
             if ident in self.visiting:
                 raise _cycle_error()
             self.visiting.add(ident)
-        self.node(d, m, t)
+        self.depth += 1
+        try:
+            if self.depth % LEVELS_PER_STACK == 0:
+                _on_fresh_stack(self.node_entry, d, m, t)
+            else:
+                self.node(d, m, t)
+        finally:
+            self.depth -= 1
         if ident is not None:
             self.visiting.discard(ident)
+
+    def node_entry(self, NodeDef d, m, t):
+        self.node(d, m, t)
 
     cdef void node(self, NodeDef d, object m, object t) except *:
         cdef int k = d.kind
