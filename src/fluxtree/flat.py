@@ -279,17 +279,13 @@ def destructure(model: M) -> tuple[np.ndarray, Restructure[M]]:
     layout = Layout(walker, params)
     if walker.foreign:
         _check_device(layout, model)
-        return _gpu_pack(layout), Restructure(model, layout)
+        raise NotImplementedError(
+            "destructure: GPU (CuPy) parameters are not supported yet; copy the model to "
+            "the host first (e.g. ft.fmap(cupy.asnumpy, model)).")
     flat = np.empty(layout.length, layout.dtype)
     _flat.gather(params, layout.offsets, flat)
     _warn_aliases(layout, walker.views, model)
     return flat, Restructure(model, layout)
-
-
-def _gpu_pack(layout: Layout) -> Any:
-    import cupy
-
-    return cupy.concatenate([cupy.ravel(p).astype(layout.dtype) for p in layout.params])
 
 
 def _as_vector(v: Any, n: int) -> np.ndarray:
