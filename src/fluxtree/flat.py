@@ -121,13 +121,40 @@ def _first_paths(model: Any, n: int) -> list[KeyPath]:
     return first  # type: ignore[return-value]
 
 
+#: dtypes the compiled kernels copy and cast (native byte order); others take a NumPy path
+_KERNEL_DTYPES = frozenset(np.dtype(t) for t in ("f2", "f4", "f8", "c8", "c16"))
+
+
+def _gather(leaves: list, offsets: np.ndarray, out: np.ndarray, native: bool) -> None:
+    """out[offsets[j]:...] = ravel(leaves[j]), cast (complex into real keeps the real part)."""
+    if native:
+        _flat.gather(leaves, offsets, out)
+        return
+    for leaf, start in zip(leaves, offsets):
+        src = leaf.ravel()
+        if src.dtype.kind == "c" and out.dtype.kind != "c":
+            src = src.real
+        out[start:start + src.size] = src
+
+
+def _scatter(v: np.ndarray, offsets: np.ndarray, outs: list, native: bool) -> None:
+    """outs[j][...] = v[offsets[j]:...], cast back (complex into real keeps the real part)."""
+    if native:
+        _flat.scatter(v, offsets, outs)
+        return
+    for out, start in zip(outs, offsets):
+        src = v[start:start + out.size]
+        if src.dtype.kind == "c" and out.dtype.kind != "c":
+            src = src.real
+        out[...] = src.reshape(out.shape)
+
+
 class Layout:
     """Where each parameter lives in the flat vector, computed once per model.
 
     ``params`` are the unique parameter arrays in traversal order, ``offsets[j]`` the
     start of ``params[j]`` (``offsets[-1]`` the length), ``occurrences`` the slot of every
-    parameter position (tied arrays repeat a slot), ``slots`` maps ``id(param)`` to its
-    slot.  Shapes, dtypes and the block layout of rebuilt leaves are worked out on
+    parameter position (tied arrays repeat a slot).  Shapes, dtypes and the block layout of rebuilt leaves are worked out on
     first use.
     """
 
@@ -135,7 +162,6 @@ class Layout:
         self.params = params
         self.tied = walker.occurrences is not None
         self._occurrences: list[int] | None = walker.occurrences
-        self._slots: dict[int, int] | None = None
         self.offsets = walker.offsets()
         self.length = int(self.offsets[-1])
         dtypes = list(walker.dtypes.values())
@@ -146,6 +172,8 @@ class Layout:
         self.occurrence_paths: list[KeyPath] | None = None
         self._blocks: tuple | None = None
         self._view_plans: dict[np.dtype, tuple] = {}
+        self.native = self.dtype in _KERNEL_DTYPES and all(
+            d in _KERNEL_DTYPES for d in walker.dtypes.values()) and not walker.swapped
 
     @property
     def occurrences(self) -> list[int]:
@@ -153,13 +181,6 @@ class Layout:
         if self._occurrences is None:
             self._occurrences = list(range(len(self.params)))
         return self._occurrences
-
-    @property
-    def slots(self) -> dict[int, int]:
-        """``id(param) -> slot``, for the rebuild."""
-        if self._slots is None:
-            self._slots = {id(p): j for j, p in enumerate(self.params)}
-        return self._slots
 
     @property
     def shapes(self) -> list[tuple[int, ...]]:
@@ -200,7 +221,7 @@ class Layout:
             new[j] = leaf
         if other:
             copies = _flat.new_leaves(*copy_args)
-            _flat.scatter(v, other_offsets, copies)
+            _scatter(v, other_offsets, copies, self.native and v.dtype in _KERNEL_DTYPES)
             for j, leaf in zip(other, copies):
                 new[j] = leaf
         return new
@@ -283,7 +304,7 @@ def destructure(model: M) -> tuple[np.ndarray, Restructure[M]]:
             "destructure: GPU (CuPy) parameters are not supported yet; copy the model to "
             "the host first (e.g. ft.fmap(cupy.asnumpy, model)).")
     flat = np.empty(layout.length, layout.dtype)
-    _flat.gather(params, layout.offsets, flat)
+    _gather(params, layout.offsets, flat, layout.native)
     _warn_aliases(layout, walker.views, model)
     return flat, Restructure(model, layout)
 
@@ -304,8 +325,8 @@ def _as_vector(v: Any, n: int) -> np.ndarray:
         raise ValueError(f"Restructure: expected a vector of length {n}, got {v.shape[0]}.")
     if v.dtype.kind in "biu":
         return v.astype(np.float64)
-    if not v.dtype.isnative or v.dtype == np.longdouble or v.dtype == np.clongdouble:
-        return v.astype(np.complex128 if v.dtype.kind == "c" else np.float64)
+    if not v.dtype.isnative:
+        return v.astype(v.dtype.newbyteorder("="))
     if not (v.flags.c_contiguous and v.flags.aligned):
         return np.ascontiguousarray(v)
     return v
@@ -350,14 +371,14 @@ class Restructure(Generic[M]):
         v = _as_vector(v, lay.length)
         if copy:
             new = lay.new_leaves()
-            _flat.scatter(v, lay.offsets, new)
+            _scatter(v, lay.offsets, new, lay.native and v.dtype in _KERNEL_DTYPES)
         else:
             new = lay.views_into(v)
         return self._rebuild(new)
 
     def _rebuild(self, new: list) -> M:
-        mapper = _walk.Mapper(None, None, {}, _walk.NO_PRUNE, False, False, True)
-        return _run("Restructure", mapper.replace(self.layout.slots, new), self.model, ())
+        mapper = _walk.Mapper(None, None, True, _walk.NO_PRUNE, False, False, True)
+        return _run("Restructure", mapper.replace(self.layout.params, new), self.model, ())
 
     def flatten(self, tree: Any, out: np.ndarray | None = None) -> np.ndarray:
         """Pack ``tree`` (same structure as the model) into a flat vector with this layout.
@@ -374,29 +395,35 @@ class Restructure(Generic[M]):
         """
         lay = self.layout
         if tree is self.model:
-            out = self._out([], out)
-            _flat.gather(lay.params, lay.offsets, out)
+            out = self._out([lay.dtype], out)
+            _gather(lay.params, lay.offsets, out, lay.native and out.dtype in _KERNEL_DTYPES)
             return out
         pairer = _walk.ParamPairer(lay.shapes, lay.occurrences)
         values = _run("Restructure.flatten", pairer, self.model, tree)
-        out = self._out(list(pairer.dtypes.values()), out)
+        dtypes = list(pairer.dtypes.values())
+        out = self._out(dtypes, out)
+        native = out.dtype in _KERNEL_DTYPES and all(d in _KERNEL_DTYPES for d in dtypes)
         if not lay.tied:
-            self._pack(values, lay.offsets, out, pairer.nones > 0)
+            self._pack(values, lay.offsets, out, pairer.nones > 0, native)
             return out
         by_slot: list[list] = [[] for _ in lay.params]
         for value, slot in zip(values, lay.occurrences):
             if value is not None and not any(value is seen for seen in by_slot[slot]):
                 by_slot[slot].append(value)
         self._pack([vs[0] if vs else None for vs in by_slot], lay.offsets, out,
-                   not all(by_slot))
-        extra = [(v, slot) for slot, vs in enumerate(by_slot) for v in vs[1:]]
-        if extra:
-            offsets = np.array([lay.offsets[slot] for _, slot in extra], np.int64)
-            _flat.gather_add([v for v, _ in extra], offsets, out)
+                   not all(by_slot), native)
+        for slot, vs in enumerate(by_slot):
+            for v in vs[1:]:
+                start = lay.offsets[slot]
+                if native:
+                    _flat.gather_add([v], np.array([start], np.int64), out)
+                else:
+                    out[start:start + v.size] += v.ravel()
         return out
 
     @staticmethod
-    def _pack(values: list, offsets: np.ndarray, out: np.ndarray, holes: bool) -> None:
+    def _pack(values: list, offsets: np.ndarray, out: np.ndarray, holes: bool,
+              native: bool) -> None:
         if holes:
             keep = []
             for j, v in enumerate(values):
@@ -406,7 +433,7 @@ class Restructure(Generic[M]):
                     keep.append(j)
             values = [values[j] for j in keep]
             offsets = np.ascontiguousarray(offsets[keep])
-        _flat.gather(values, offsets, out)
+        _gather(values, offsets, out, native)
 
     def _out(self, dtypes: list[np.dtype], out: np.ndarray | None) -> np.ndarray:
         lay = self.layout

@@ -196,9 +196,9 @@ def register(cls: type, flatten: Callable[[Any], Any],
 # ----------------------------------------------------------------------------
 # fmap and friends
 # ----------------------------------------------------------------------------
-def _cache_arg(cache: Any) -> dict | None:
+def _cache_arg(cache: Any) -> dict | bool | None:
     if cache is NEW_CACHE:
-        return {}
+        return True
     if cache is None or isinstance(cache, dict):
         return cache
     raise TypeError(f"cache must be a dict (identity cache) or None, got {type(cache).__name__}.")
@@ -492,7 +492,7 @@ class CachedWalk(AbstractWalk):
     def __init__(self, walk: Callable[..., Any], *, prune: Any = _NO_PRUNE,
                  cache: dict | None = NEW_CACHE) -> None:
         self.walk, self.prune = walk, prune
-        self.cache = _cache_arg(cache)
+        self.cache = {} if cache is NEW_CACHE else _cache_arg(cache)
 
     def __call__(self, recurse: Callable[..., Any], x: Any, *ys: Any) -> Any:
         if self.cache is None or not usecache(x):

@@ -245,9 +245,10 @@ def new_leaves(list descrs, const int32_t[:] ndims, const int64_t[:] dims,
 
 
 def overlap_candidates(list arrays):
-    """[(i, j)]: pairs whose byte extents [lowest, highest] intersect (i < j)
+    """[(i, j)]: every pair whose byte extents [lowest, highest] intersect (i < j)
 
-    A sweep over the extents sorted by start; pairs found still need an exact test
+    A sweep over the extents sorted by start, keeping the ones still open; pairs found
+    still need an exact test
     (``np.shares_memory``), since interleaved strided views can intersect without
     sharing an element."""
     cdef Py_ssize_t m = len(arrays), j, i, k, nd
@@ -278,17 +279,14 @@ def overlap_candidates(list arrays):
         e[j, 1] = hi + cnp.PyArray_ITEMSIZE(a)
     order = np.argsort(ext[:, 0], kind="stable")
     pairs = []
-    cdef Py_ssize_t who
-    cdef int64_t reach
-    if m < 2:
-        return pairs
-    who = order[0]
-    reach = e[who, 1]
-    for k in range(1, m):
+    cdef list active = []          # arrays whose extent reaches past the current start
+    cdef Py_ssize_t o
+    for k in range(m):
         j = order[k]
-        if e[j, 0] < reach and e[j, 1] > e[j, 0]:
-            pairs.append((min(who, j), max(who, j)))
-        if e[j, 1] > reach:
-            reach = e[j, 1]
-            who = j
+        if e[j, 1] == e[j, 0]:
+            continue
+        active = [o for o in active if e[o, 1] > e[j, 0]]
+        for o in active:
+            pairs.append((min(o, j), max(o, j)))
+        active.append(j)
     return pairs

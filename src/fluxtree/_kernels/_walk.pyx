@@ -21,6 +21,7 @@ from cpython.dict cimport PyDict_GetItem, PyDict_SetItem
 from cpython.long cimport PyLong_FromVoidPtr
 from cpython.object cimport PyObject
 from cpython.tuple cimport PyTuple_GET_SIZE
+from cpython.ref cimport Py_INCREF, Py_XDECREF
 from libc.stdint cimport int64_t, uintptr_t
 from libc.stdlib cimport calloc, free, malloc, realloc
 cimport numpy as cnp
@@ -519,6 +520,119 @@ cdef tuple _paired(NodeDef d, object x, object xch, list keys, tuple ys):
     return tuple(out)
 
 
+
+# ----------------------------------------------------------------------------
+# an identity table: the walks' cache, "seen" and "visiting" sets, without Python ints
+# ----------------------------------------------------------------------------
+
+
+cdef object _PENDING = object()     # value of a node whose walk is in progress
+
+
+cdef class IdTable:
+    """Open-addressing table keyed by object identity; holds strong references.
+
+    Replaces ``{id(x): (x, value)}`` dicts on the hot paths: no int or tuple is
+    allocated per entry, and keeping ``x`` referenced means an id is never reused
+    while the table lives."""
+    cdef uintptr_t* keys
+    cdef PyObject** vals
+    cdef Py_ssize_t cap, used
+
+    def __cinit__(self):
+        self.cap = 64
+        self.used = 0
+        self.keys = <uintptr_t*>calloc(self.cap, sizeof(uintptr_t))
+        self.vals = <PyObject**>calloc(self.cap, sizeof(PyObject*))
+        if self.keys == NULL or self.vals == NULL:
+            raise MemoryError()
+
+    def __dealloc__(self):
+        cdef Py_ssize_t i
+        if self.keys != NULL:
+            for i in range(self.cap):
+                if self.keys[i] != 0:
+                    Py_XDECREF(<PyObject*>self.keys[i])
+                    Py_XDECREF(self.vals[i])
+        free(self.keys)
+        free(self.vals)
+
+    cdef inline Py_ssize_t home(self, uintptr_t key) noexcept:
+        return <Py_ssize_t>(((key >> 4) * <uintptr_t>0x9E3779B97F4A7C15) >> 17) & (self.cap - 1)
+
+    cdef inline Py_ssize_t find(self, uintptr_t key) noexcept:
+        cdef Py_ssize_t mask = self.cap - 1
+        cdef Py_ssize_t i = self.home(key)
+        while self.keys[i] != 0 and self.keys[i] != key:
+            i = (i + 1) & mask
+        return i
+
+    cdef inline PyObject* get(self, object x) noexcept:
+        """The value stored for ``x``, or NULL."""
+        cdef Py_ssize_t i = self.find(<uintptr_t><PyObject*>x)
+        return self.vals[i] if self.keys[i] != 0 else NULL
+
+    cdef int put(self, object x, object value) except -1:
+        cdef uintptr_t key = <uintptr_t><PyObject*>x
+        cdef Py_ssize_t i = self.find(key)
+        Py_INCREF(value)
+        if self.keys[i] != 0:
+            Py_XDECREF(self.vals[i])
+            self.vals[i] = <PyObject*>value
+            return 0
+        Py_INCREF(x)
+        self.keys[i] = key
+        self.vals[i] = <PyObject*>value
+        self.used += 1
+        if 2 * self.used > self.cap:
+            self.grow()
+        return 0
+
+    cdef void remove(self, object x) noexcept:
+        """Delete ``x`` (backward-shift deletion keeps probe chains intact)."""
+        cdef uintptr_t key = <uintptr_t><PyObject*>x
+        cdef Py_ssize_t mask = self.cap - 1
+        cdef Py_ssize_t i = self.find(key), j, h
+        if self.keys[i] == 0:
+            return
+        Py_XDECREF(<PyObject*>self.keys[i])
+        Py_XDECREF(self.vals[i])
+        self.used -= 1
+        j = i
+        while True:
+            j = (j + 1) & mask
+            if self.keys[j] == 0:
+                break
+            h = self.home(self.keys[j])
+            if (j > i and (h <= i or h > j)) or (j < i and (h <= i and h > j)):
+                self.keys[i] = self.keys[j]
+                self.vals[i] = self.vals[j]
+                i = j
+        self.keys[i] = 0
+        self.vals[i] = NULL
+
+    cdef int grow(self) except -1:
+        cdef uintptr_t* old_keys = self.keys
+        cdef PyObject** old_vals = self.vals
+        cdef Py_ssize_t old_cap = self.cap, i, j
+        new_keys = <uintptr_t*>calloc(2 * old_cap, sizeof(uintptr_t))
+        new_vals = <PyObject**>calloc(2 * old_cap, sizeof(PyObject*))
+        if new_keys == NULL or new_vals == NULL:
+            free(new_keys)
+            free(new_vals)
+            raise MemoryError()
+        self.keys = new_keys
+        self.vals = new_vals
+        self.cap = 2 * old_cap
+        for i in range(old_cap):
+            if old_keys[i] != 0:
+                j = self.find(old_keys[i])
+                self.keys[j] = old_keys[i]
+                self.vals[j] = old_vals[i]
+        free(old_keys)
+        free(old_vals)
+        return 0
+
 # ----------------------------------------------------------------------------
 # fmap / fmapstructure / fmap_with_path
 # ----------------------------------------------------------------------------
@@ -562,29 +676,35 @@ cdef class Mapper:
     cdef object f
     cdef object exclude           # None: isleaf
     cdef object prune
-    cdef dict cache               # None: no identity cache
-    cdef set visiting             # ids of mutable containers on the current path
+    cdef dict cache               # a user-supplied cache: {id(x): (x, result)}
+    cdef IdTable table            # the default identity cache (None: no cache)
+    cdef IdTable visiting         # mutable containers on the current path (no cache)
+    cdef IdTable replacements     # leaf -> its replacement, for Restructure's rebuild
     cdef bint has_prune, structural, with_path, trainable_only
-    cdef dict slots               # id(param) -> slot, for Restructure's rebuild
-    cdef list replacements        # slot -> new array
     cdef Py_ssize_t depth
 
     def __init__(self, f, exclude, cache, prune, bint structural, bint with_path,
                  bint trainable_only=False):
+        """``cache``: True for a fresh identity cache, a dict to share one, None for none."""
         self.f = f
         self.exclude = exclude
-        self.cache = cache
+        if cache is True:
+            self.table = IdTable()
+        elif cache is not None:
+            self.cache = cache
         self.prune = prune
         self.has_prune = prune is not _NO_PRUNE
         self.structural = structural
         self.with_path = with_path
         self.trainable_only = trainable_only
-        self.visiting = set()
+        self.visiting = IdTable()
 
-    def replace(self, dict slots, list replacements):
-        """Put ``replacements[slots[id(leaf)]]`` wherever such a leaf stands."""
-        self.slots = slots
-        self.replacements = replacements
+    def replace(self, list leaves, list replacements):
+        """Put ``replacements[j]`` wherever ``leaves[j]`` (the same object) stands."""
+        cdef Py_ssize_t j
+        self.replacements = IdTable()
+        for j in range(len(leaves)):
+            self.replacements.put(leaves[j], replacements[j])
         return self
 
     def run(self, x, tuple ys):
@@ -594,17 +714,24 @@ cdef class Mapper:
         cdef NodeDef d = lookup(x)
         cdef object key = None
         cdef PyObject* hit
-        cdef bint cached = d.cached and self.cache is not None
+        cdef bint cached = d.cached and (self.table is not None or self.cache is not None)
         cdef bint excluded
-        if self.slots is not None and d.kind == K_LEAF and d.cached:
-            hit = PyDict_GetItem(self.slots, PyLong_FromVoidPtr(<void*>x))
+        if self.replacements is not None and d.kind == K_LEAF and d.cached:
+            hit = self.replacements.get(x)
             if hit != NULL:
-                return self.replacements[<Py_ssize_t><object>hit]
+                return <object>hit
         if cached:
-            key = PyLong_FromVoidPtr(<void*>x)
-            hit = PyDict_GetItem(self.cache, key)
-            if hit != NULL:
-                return self.prune if self.has_prune else (<tuple>hit)[1]
+            if self.table is not None:
+                hit = self.table.get(x)
+                if hit != NULL:
+                    if <object>hit is _PENDING:
+                        raise _cycle_error()
+                    return self.prune if self.has_prune else <object>hit
+            else:
+                key = PyLong_FromVoidPtr(<void*>x)
+                hit = PyDict_GetItem(self.cache, key)
+                if hit != NULL:
+                    return self.prune if self.has_prune else (<tuple>hit)[1]
         if self.exclude is None:
             excluded = d.kind == K_LEAF
         elif self.with_path:
@@ -625,16 +752,20 @@ cdef class Mapper:
         else:
             r = self.node(d, x, ys, path)
         if cached:
-            PyDict_SetItem(self.cache, key, (x, r))
+            if self.table is not None:
+                self.table.put(x, r)
+            else:
+                PyDict_SetItem(self.cache, key, (x, r))
         return r
 
     cdef object node(self, NodeDef d, object x, tuple ys, object path):
-        cdef object ident = None
+        cdef IdTable marks = None
         if d.cached:
-            ident = PyLong_FromVoidPtr(<void*>x)
-            if ident in self.visiting:
+            # with the default cache, an in-progress entry doubles as the cycle check
+            marks = self.table if self.table is not None else self.visiting
+            if marks is self.visiting and marks.get(x) != NULL:
                 raise _cycle_error()
-            self.visiting.add(ident)
+            marks.put(x, _PENDING)
         self.depth += 1
         try:
             if self.depth % LEVELS_PER_STACK == 0:
@@ -643,8 +774,8 @@ cdef class Mapper:
                 r = self.node_body(d, x, ys, path)
         finally:
             self.depth -= 1
-            if ident is not None:
-                self.visiting.discard(ident)
+            if marks is self.visiting and marks is not None:
+                marks.remove(x)
         return r
 
     def node_body_entry(self, NodeDef d, x, tuple ys, path):
@@ -755,8 +886,8 @@ cdef class Collector:
     """Depth-first pre-order collection of nodes or leaves."""
     cdef readonly list out
     cdef object exclude            # None: default (never for nodes, isleaf for leaves)
-    cdef set seen                  # ids already listed (fcollect)
-    cdef set visiting
+    cdef IdTable seen              # nodes already listed (fcollect); _PENDING while open
+    cdef IdTable visiting          # mutable containers on the current path (fleaves)
     cdef bint leaves_only, trainable_only
     cdef Py_ssize_t depth
 
@@ -765,8 +896,8 @@ cdef class Collector:
         self.exclude = exclude
         self.leaves_only = leaves_only
         self.trainable_only = trainable_only
-        self.seen = set()
-        self.visiting = set()
+        self.seen = IdTable()
+        self.visiting = IdTable()
 
     def run(self, x):
         if self.leaves_only:
@@ -777,29 +908,29 @@ cdef class Collector:
 
     cdef void nodes(self, object x) except *:
         cdef NodeDef d
-        cdef object ident
+        cdef PyObject* mark
         if self.exclude is not None and self.exclude(x):
             return
         d = lookup(x)
         if d.cached:
-            ident = PyLong_FromVoidPtr(<void*>x)
-            if ident in self.seen:
-                if ident in self.visiting:
+            mark = self.seen.get(x)
+            if mark != NULL:
+                if <object>mark is _PENDING:
                     raise _cycle_error()
                 return
-            self.seen.add(ident)
         self.out.append(x)
         if d.kind == K_LEAF:
+            if d.cached:
+                self.seen.put(x, None)
             return
         if d.cached:
-            self.visiting.add(ident)
+            self.seen.put(x, _PENDING)
         self.descend(d, x)
         if d.cached:
-            self.visiting.discard(ident)
+            self.seen.put(x, None)
 
     cdef void leaves(self, object x) except *:
         cdef NodeDef d = lookup(x)
-        cdef object ident
         if self.exclude is None:
             if d.kind == K_LEAF:
                 self.leaf(x)
@@ -810,12 +941,11 @@ cdef class Collector:
         elif d.kind == K_LEAF:
             return
         if d.cached:
-            ident = PyLong_FromVoidPtr(<void*>x)
-            if ident in self.visiting:
+            if self.visiting.get(x) != NULL:
                 raise _cycle_error()
-            self.visiting.add(ident)
+            self.visiting.put(x, None)
             self.descend(d, x)
-            self.visiting.discard(ident)
+            self.visiting.remove(x)
         else:
             self.descend(d, x)
 
@@ -900,6 +1030,7 @@ cdef class ParamCollector(Collector):
     cdef readonly dict dtypes
     cdef readonly list views
     cdef readonly Py_ssize_t foreign
+    cdef readonly bint swapped        # some parameter is not in native byte order
     cdef Py_ssize_t n_occ, last_type
     cdef int64_t* sizes
     cdef Py_ssize_t sizes_cap
@@ -994,6 +1125,8 @@ cdef class ParamCollector(Collector):
                     self.dtypes[t] = cnp.PyArray_DescrFromType(t)
             if cnp.PyArray_BASE(<cnp.ndarray>x) != NULL:
                 self.views.append(slot)
+            if not cnp.PyArray_ISNOTSWAPPED(<cnp.ndarray>x):
+                self.swapped = True
         else:
             self.sizes[slot] = x.size
             self.foreign += 1
@@ -1026,7 +1159,7 @@ cdef class ParamPairer:
     cdef readonly list out
     cdef readonly dict dtypes
     cdef readonly Py_ssize_t nones
-    cdef set visiting
+    cdef IdTable visiting
     cdef list shapes              # slot -> expected shape
     cdef list occurrences         # occurrence -> slot
     cdef Py_ssize_t count, depth
@@ -1034,7 +1167,7 @@ cdef class ParamPairer:
     def __init__(self, list shapes, list occurrences):
         self.out = []
         self.dtypes = {}
-        self.visiting = set()
+        self.visiting = IdTable()
         self.shapes = shapes
         self.occurrences = occurrences
         self.count = 0
@@ -1069,16 +1202,14 @@ cdef class ParamPairer:
 
     cdef void visit(self, object m, object t) except *:
         cdef NodeDef d = lookup(m)
-        cdef object ident = None
         if d.kind == K_LEAF:
             if isnumeric(m):
                 self.value(t)
             return
         if d.cached:
-            ident = PyLong_FromVoidPtr(<void*>m)
-            if ident in self.visiting:
+            if self.visiting.get(m) != NULL:
                 raise _cycle_error()
-            self.visiting.add(ident)
+            self.visiting.put(m, None)
         self.depth += 1
         try:
             if self.depth % LEVELS_PER_STACK == 0:
@@ -1087,8 +1218,8 @@ cdef class ParamPairer:
                 self.node(d, m, t)
         finally:
             self.depth -= 1
-        if ident is not None:
-            self.visiting.discard(ident)
+        if d.cached:
+            self.visiting.remove(m)
 
     def node_entry(self, NodeDef d, m, t):
         self.node(d, m, t)
