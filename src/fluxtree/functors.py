@@ -83,7 +83,10 @@ def _record_def(cls: type, fields: tuple[str, ...] | None) -> NodeDef:
         kw.update(zip(names, values))
         return cls(**kw)
 
-    return NodeDef(_K_RECORD, True, names, make)
+    params = inspect.signature(cls.__init__).parameters.values()
+    positional = names == init and all(
+        p.kind is p.POSITIONAL_OR_KEYWORD for p in list(params)[1:])
+    return NodeDef(_K_RECORD, True, names, make, ctor=cls if positional else None)
 
 
 def _decorate(cls: type, fields: tuple[str, ...] | None) -> type:

@@ -47,13 +47,15 @@ cdef class NodeDef:
     cdef readonly bint cached          # identity-cache instances of this type
     cdef readonly tuple fields         # child names of records, in children order
     cdef readonly object make          # records: make(orig, values); dict/list subclasses: make(orig, items)
+    cdef readonly object ctor          # records whose constructor takes the children in order
     cdef readonly object flatten       # custom: flatten(x) -> children
     cdef readonly object unflatten     # custom: unflatten(x, children) -> new
     cdef readonly bint has_trainable   # instances narrow their children with x.trainable()
 
     def __init__(self, int kind, bint cached, tuple fields=(), make=None,
-                 flatten=None, unflatten=None):
+                 flatten=None, unflatten=None, ctor=None):
         self.kind = kind
+        self.ctor = ctor
         self.cached = cached
         self.fields = fields
         self.make = make
@@ -107,7 +109,10 @@ cdef NodeDef _dataclass_def(object t):
             object.__setattr__(new, n, given[n] if n in child_set else getattr(orig, n))
         return new
 
-    return NodeDef(K_RECORD, not t.__dataclass_params__.frozen, children, make)
+    positional = (len(children) == len(fields) and not late_names
+                  and not any(getattr(f, "kw_only", False) for f in fields))
+    return NodeDef(K_RECORD, not t.__dataclass_params__.frozen, children, make,
+                   ctor=t if positional else None)
 
 
 cdef NodeDef _resolve(object t):
@@ -745,6 +750,8 @@ cdef class Mapper:
                 r = self.f(_keypath(path), x, *ys)
             elif not ys:
                 r = self.f(x)
+            elif PyTuple_GET_SIZE(ys) == 1:
+                r = self.f(x, ys[0])
             else:
                 r = self.f(x, *ys)
         elif d.kind == K_LEAF:
@@ -789,8 +796,10 @@ cdef class Mapper:
         cdef list keys
         cdef object cur = _NOKEY
         cdef bint attr = False
-        if ys or self.with_path or k == K_CUSTOM or (self.trainable_only and d.has_trainable):
+        if self.with_path or k == K_CUSTOM or (self.trainable_only and d.has_trainable):
             return self.node_general(d, x, ys, path)
+        if ys:
+            return self.node_multi(d, x, ys, path)
         # single tree, no paths: the hot loops
         try:
             if k == K_TUPLE or k == K_LIST:
@@ -827,11 +836,146 @@ cdef class Mapper:
                 return dict(zip(fields, out))
             if k == K_NAMEDTUPLE:
                 return d.make(out)
+            if d.ctor is not None:
+                return d.ctor(*out)
             return d.make(x, tuple(out))
         except BaseException as e:
             if cur is not _NOKEY:
                 _annotate(e, cur, attr)
             raise
+
+    cdef object node_multi(self, NodeDef d, object x, tuple ys, object path):
+        """Several trees over tuple/list/dict/record nodes, read without copies.
+
+        Any irregular pairing (a short sequence, a missing key, another node kind) is
+        handed to ``node_general``, which raises the error with its message."""
+        cdef int k = d.kind
+        cdef Py_ssize_t i, j, n, m = len(ys)
+        cdef list access = [None] * m         # per other tree: 0 index, 1 dict, 2 attribute
+        cdef PyObject* got
+        cdef object cur = _NOKEY
+        cdef bint attr = k == K_RECORD or k == K_NAMEDTUPLE
+        cdef NodeDef yd
+        if m == 1:
+            r = self.node_pair(d, x, ys[0])
+            if r is not _NOKEY:
+                return r
+        for j in range(m):
+            yd = lookup(ys[j])
+            if k == K_TUPLE or k == K_LIST:
+                if (yd.kind != K_TUPLE and yd.kind != K_LIST) or len(ys[j]) < len(x):
+                    return self.node_general(d, x, ys, path)
+                access[j] = 0
+            elif yd.kind == K_DICT:
+                access[j] = 1
+            elif k != K_DICT and type(ys[j]) is type(x):
+                access[j] = 0 if k == K_NAMEDTUPLE else 2
+            else:
+                return self.node_general(d, x, ys, path)
+        if k == K_DICT:
+            keys = list(x.keys())
+            xvals = list(x.values())
+        elif k == K_RECORD:
+            keys = list(d.fields)
+            xvals = [getattr(x, f) for f in d.fields]
+        else:
+            keys = None
+            xvals = list(x)
+        n = len(xvals)
+        rows = []
+        for i in range(n):
+            row = [None] * m
+            for j in range(m):
+                if access[j] == 0:
+                    row[j] = ys[j][i]
+                elif access[j] == 1:
+                    got = PyDict_GetItem(ys[j], keys[i] if keys is not None else d.fields[i])
+                    if got == NULL:
+                        return self.node_general(d, x, ys, path)
+                    row[j] = <object>got
+                else:
+                    row[j] = getattr(ys[j], keys[i])
+            rows.append(tuple(row))
+        out = [None] * n
+        try:
+            for i in range(n):
+                cur = i if keys is None and k != K_NAMEDTUPLE else (
+                    d.fields[i] if keys is None else keys[i])
+                out[i] = self.visit(xvals[i], <tuple>rows[i], None)
+        except BaseException as e:
+            _annotate(e, cur, attr)
+            raise
+        if self.structural:
+            if k == K_DICT:
+                return dict(zip(keys, out))
+            if k == K_RECORD or k == K_NAMEDTUPLE:
+                return dict(zip(d.fields, out))
+            return tuple(out) if k == K_TUPLE else out
+        if k == K_DICT:
+            res = dict(zip(keys, out))
+            return res if d.make is None else d.make(x, res)
+        if k == K_TUPLE:
+            return tuple(out)
+        if k == K_LIST:
+            return out if d.make is None else d.make(x, out)
+        if k == K_NAMEDTUPLE:
+            return d.make(out)
+        if d.ctor is not None:
+            return d.ctor(*out)
+        return d.make(x, tuple(out))
+
+    cdef object node_pair(self, NodeDef d, object x, object y):
+        """Two trees, both dicts, both sequences or both the same record type; else _NOKEY."""
+        cdef int k = d.kind
+        cdef Py_ssize_t i, n
+        cdef object cur = _NOKEY
+        cdef bint attr = False
+        cdef list out
+        ty = type(y)
+        try:
+            if k == K_DICT and ty is dict:
+                for kk in x:
+                    if kk not in y:
+                        return _NOKEY
+                res = {}
+                for kk, v in x.items():
+                    cur = kk
+                    res[kk] = self.visit(v, (<object>PyDict_GetItem(y, kk),), None)
+                cur = _NOKEY
+                if self.structural or d.make is None:
+                    return res
+                return d.make(x, res)
+            if (k == K_TUPLE or k == K_LIST) and (ty is tuple or ty is list):
+                n = len(x)
+                if len(y) < n:
+                    return _NOKEY
+                out = [None] * n
+                for i in range(n):
+                    cur = i
+                    out[i] = self.visit(x[i], (y[i],), None)
+                cur = _NOKEY
+                if k == K_TUPLE:
+                    return tuple(out)
+                return out if self.structural or d.make is None else d.make(x, out)
+            if k == K_RECORD and ty is type(x):
+                attr = True
+                fields = d.fields
+                n = len(fields)
+                out = [None] * n
+                for i in range(n):
+                    cur = fields[i]
+                    out[i] = self.visit(getattr(x, cur), (getattr(y, cur),), None)
+                cur = _NOKEY
+                if self.structural:
+                    return dict(zip(fields, out))
+                if d.ctor is not None:
+                    return d.ctor(*out)
+                return d.make(x, tuple(out))
+        except BaseException as e:
+            if cur is not _NOKEY:
+                _annotate(e, cur, attr)
+            raise
+        return _NOKEY
 
     cdef object node_general(self, NodeDef d, object x, tuple ys, object path):
         """Several trees, key paths or a registered custom node."""
