@@ -89,19 +89,21 @@ def test_none_where_list_expected_names_record_path():
         ft.fmap(lambda a, b: a, Chain([Dense(1, [2])]), Chain([Dense(1, None)]))
 
 
-def test_custom_walk_pairing_errors_keep_their_gist():
+def test_custom_walk_pairing_errors_name_the_path():
     class W(ft.AbstractWalk):
         def __call__(self, recurse, x, *ys):
             return ft.DefaultWalk()(recurse, x, *ys)
 
-    with pytest.raises(ValueError, match=esc("tree 2 has no entry 'x' where tree 1 has one.")):
-        ft.fmap(lambda a, b: a, {"x": 1}, {"y": 1}, walk=W())
     with pytest.raises(ValueError, match=esc(
-            "tree 2 has 1 children, fewer than the 2 of tree 1.")):
+            "fmap: tree 2 has no entry 'x' at [\"a\"], where tree 1 has one.")):
+        ft.fmap(lambda a, b: a, {"a": {"x": 1}}, {"a": {"y": 1}}, walk=W())
+    with pytest.raises(ValueError, match=esc(
+            "fmap: tree 2 has 1 children at <root>, fewer than the 2 of tree 1.")):
         ft.fmap(lambda a, b: a, [1, 2], [1], walk=W())
     with pytest.raises(TypeError, match=esc(
-            "tree 2 holds a value of type int where tree 1 has the sequence node list.")):
-        ft.fmap(lambda a, b: a, [1, 2], 3, walk=W())
+            "fmap: tree 2 holds a value of type int at [1].weight, where tree 1 has the sequence "
+            "node list.")):
+        ft.fmap(lambda a, b: a, (0, Dense([1, 2], 0)), (0, Dense(3, 0)), walk=W())
 
 
 # ----------------------------------------------------------------------------------------
@@ -145,7 +147,8 @@ def test_cycle_through_custom_walk_is_value_error():
 
     lst = [1]
     lst.append(lst)
-    with pytest.raises(ValueError, match=r"^a custom walk recursed too deep: the tree is cyclic"):
+    with pytest.raises(ValueError,
+                       match=r"^fmap: a custom walk recursed too deep: the tree is cyclic"):
         ft.fmap(identity, lst, walk=W())
 
 

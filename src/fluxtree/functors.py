@@ -258,7 +258,7 @@ def fmap(f: Callable[..., Any], x: T, *ys: Any, exclude: Callable[[Any], bool] =
     if not isinstance(walk, AbstractWalk) and not callable(walk):
         raise TypeError(f"walk must be an AbstractWalk, got {type(walk).__name__}.")
     full = CachedWalk(ExcludeWalk(walk, f, exclude), prune=prune, cache=cache)
-    return execute(full, x, *ys)
+    return _execute("fmap", full, x, ys)
 
 
 def fmapstructure(f: Callable[..., Any], x: Any, *ys: Any,
@@ -433,7 +433,15 @@ class DefaultWalk(AbstractWalk):
         else:
             keys = list(range(len(ch)))
         rows = _walk_pairs(x, ch, keys, ys)
-        new = [recurse(*row) for row in rows]
+        attr = _walk.node_def(x).kind in (_K_NAMEDTUPLE, _K_RECORD)
+        new = []
+        for key, row in zip(keys, rows):
+            try:
+                new.append(recurse(*row))
+            except BaseException as e:
+                _walk.annotate(e, key, attr or (isinstance(key, str) and key.isidentifier()
+                                                and not isinstance(x, dict)))
+                raise
         newch: Any = dict(zip(keys, new)) if isinstance(ch, dict) else type(ch)(new)
         if self.structural:
             return _walk.rebuild_structure(x, newch)
@@ -452,21 +460,23 @@ def _align(x: Any, ch: Any, keys: list, y: Any, which: int) -> list:
     if isinstance(ch, dict):
         ych = y if isinstance(y, dict) else _walk.children(y)
         if not isinstance(ych, dict):
-            raise TypeError(
-                f"tree {which} holds a value of type {type(y).__name__} where tree 1 has the node "
-                f"{type(x).__name__} with keys {keys!r}.")
+            raise _walk.TreeError(TypeError,
+                f"tree {which} holds a value of type {type(y).__name__} at {{path}}, where "
+                f"tree 1 has the node {type(x).__name__} with keys {keys!r}.")
         missing = [k for k in keys if k not in ych]
         if missing:
-            raise ValueError(f"tree {which} has no entry {missing[0]!r} where tree 1 has one.")
+            raise _walk.TreeError(ValueError,
+                f"tree {which} has no entry {missing[0]!r} at {{path}}, where tree 1 has one.")
         return [ych[k] for k in keys]
     ych = _walk.children(y) if type(y) is type(x) else y
     if not isinstance(ych, (tuple, list)):
-        raise TypeError(
-            f"tree {which} holds a value of type {type(y).__name__} where tree 1 has the sequence node "
-            f"{type(x).__name__}.")
+        raise _walk.TreeError(TypeError,
+            f"tree {which} holds a value of type {type(y).__name__} at {{path}}, where tree 1 "
+            f"has the sequence node {type(x).__name__}.")
     if len(ych) < len(keys):
-        raise ValueError(
-            f"tree {which} has {len(ych)} children, fewer than the {len(keys)} of tree 1.")
+        raise _walk.TreeError(ValueError,
+            f"tree {which} has {len(ych)} children at {{path}}, fewer than the {len(keys)} "
+            f"of tree 1.")
     return list(ych[: len(keys)])
 
 
@@ -518,6 +528,10 @@ def execute(walk: Callable[..., Any], x: Any, *ys: Any) -> Any:
     >>> execute(Doubler(), (1, [2, 3]))
     (2, [4, 6])
     """
+    return _execute("execute", walk, x, ys)
+
+
+def _execute(what: str, walk: Callable[..., Any], x: Any, ys: tuple) -> Any:
     def recurse(*xs: Any) -> Any:
         return walk(recurse, *xs)
 
@@ -525,5 +539,10 @@ def execute(walk: Callable[..., Any], x: Any, *ys: Any) -> Any:
         return walk(recurse, x, *ys)
     except RecursionError:
         raise ValueError(
-            "a custom walk recursed too deep: the tree is cyclic or deeper than Python's "
+            f"{what}: a custom walk recursed too deep: the tree is cyclic or deeper than Python's "
             "recursion limit allows (the default walks have no such limit).") from None
+    except BaseException as e:
+        err = _walk.finish_error(e, what)
+        if err is e:
+            raise
+        raise err from None

@@ -462,6 +462,11 @@ cdef void _annotate(object exc, object key, bint attr):
         pass
 
 
+def annotate(exc, key, bint attr):
+    """Record one step of the path on an exception leaving a pure-Python walk."""
+    _annotate(exc, key, attr)
+
+
 def finish_error(exc, str what):
     """Turn an exception that escaped a walk into the one the user sees."""
     if isinstance(exc, TreeError):
