@@ -198,12 +198,21 @@ def forget_resolutions():
 # the protocol: children / rebuild / isleaf / usecache
 # ----------------------------------------------------------------------------
 cpdef bint isleaf(object x):
-    """True when ``x`` has no children: arrays, numbers, ``()``, strings, callables..."""
+    """True when ``x`` has no children: arrays, numbers, ``()``, strings, callables...
+
+    >>> isleaf(1.0), isleaf(()), isleaf([]), isleaf((8, 9)), isleaf({})
+    (True, True, False, False, False)
+    """
     return lookup(x).kind == K_LEAF
 
 
 cpdef bint usecache(object x):
-    """True when the identity cache applies to ``x`` (mutable nodes and arrays)."""
+    """True when the identity cache applies to ``x`` (mutable nodes and arrays).
+
+    >>> import numpy as np
+    >>> usecache(np.zeros(2)), usecache([1]), usecache((1, 2)), usecache(3), usecache("s")
+    (True, True, False, False, False)
+    """
     return lookup(x).cached
 
 
@@ -328,7 +337,12 @@ cdef inline bint _numeric_typenum(int t):
 
 
 cpdef bint isnumeric(object x):
-    """True for a float or complex array leaf (NumPy or CuPy): a parameter."""
+    """True for a float or complex array leaf (NumPy or CuPy): a parameter.
+
+    >>> import numpy as np
+    >>> isnumeric(np.zeros(2)), isnumeric(np.array(1j)), isnumeric(np.arange(2)), isnumeric(1.0)
+    (True, True, False, False)
+    """
     if type(x) is _ndarray or isinstance(x, _ndarray):
         return _numeric_typenum(cnp.PyArray_TYPE(<cnp.ndarray>x))
     if _cupy_ndarray is not None and isinstance(x, _cupy_ndarray):
