@@ -208,3 +208,75 @@ class Dense(_Record):
 
     def __init__(self, weight, bias):
         self.weight, self.bias = weight, bias
+
+
+# ----------------------------------------------------------------------------------------
+# fixtures of the flat-vector tests (tests/test_flat_*.py)
+# ----------------------------------------------------------------------------------------
+@ft.functor
+class DenseAct(_Record):
+    """Flux's ``Dense(in => out, act)`` with SPEC Part A §2 shapes (the real layer comes later).
+
+    ``weight`` is ``(out, in)``, ``bias`` ``(out,)``; ``layer(x) = act(x @ weight.T + bias)``
+    for a batch-first ``x``; ``activation=None`` is the identity.  Use it inside the
+    ``Chain`` above (``Chain((DenseAct(...), DenseAct(...)))``) and run it with ``chain_apply``.
+    """
+
+    _fields = ("weight", "bias", "activation")
+
+    def __init__(self, weight, bias, activation=None):
+        self.weight, self.bias, self.activation = weight, bias, activation
+
+    def __call__(self, x):
+        y = x @ self.weight.T + self.bias
+        return y if self.activation is None else self.activation(y)
+
+
+def chain_apply(chain: Any, x: Any) -> Any:
+    """``Chain(x)``: the layers of ``chain.layers`` applied in order."""
+    for layer in chain.layers:
+        x = layer(x)
+    return x
+
+
+@ft.functor
+class NormLike(_Record):
+    """A BatchNorm-like record: ``beta``/``gamma`` trainable, running ``mu``/``sigma2`` not.
+
+    All five fields are children; ``trainable()`` narrows them to ``beta`` and ``gamma``.
+    """
+
+    _fields = ("beta", "gamma", "mu", "sigma2", "activation")
+
+    def __init__(self, beta, gamma, mu, sigma2, activation=None):
+        self.beta, self.gamma, self.mu, self.sigma2 = beta, gamma, mu, sigma2
+        self.activation = activation
+
+    def trainable(self):
+        return {"beta": self.beta, "gamma": self.gamma}
+
+
+@ft.functor("a", "c")
+class TwoThirdsTrainA(_Record):
+    """Optimisers' ``TwoThirds``: children ``(a, c)``, ``trainable(x) = (a = x.a,)``."""
+
+    _fields = ("a", "b", "c")
+
+    def __init__(self, a, b, c):
+        self.a, self.b, self.c = a, b, c
+
+    def trainable(self):
+        return {"a": self.a}
+
+
+@ft.functor
+class FooTrainYX(_Record):
+    """Optimisers' ``Foo(x, y)`` whose ``trainable`` lists ``(y, x)``: order stays children's."""
+
+    _fields = ("x", "y")
+
+    def __init__(self, x, y):
+        self.x, self.y = x, y
+
+    def trainable(self):
+        return {"y": self.y, "x": self.x}
