@@ -402,7 +402,8 @@ class Restructure(Generic[M]):
         values = _run("Restructure.flatten", pairer, self.model, tree)
         dtypes = list(pairer.dtypes.values())
         out = self._out(dtypes, out)
-        native = out.dtype in _KERNEL_DTYPES and all(d in _KERNEL_DTYPES for d in dtypes)
+        native = (out.dtype in _KERNEL_DTYPES and not pairer.swapped
+                  and all(d in _KERNEL_DTYPES for d in dtypes))
         if not lay.tied:
             self._pack(values, lay.offsets, out, pairer.nones > 0, native)
             return out

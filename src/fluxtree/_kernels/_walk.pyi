@@ -75,5 +75,6 @@ class ParamPairer:
     out: list
     dtypes: dict[int, Any]
     nones: int
+    swapped: bool
     def __init__(self, shapes: list[tuple[int, ...]], occurrences: list[int]) -> None: ...
     def run(self, model: Any, tree: Any) -> list: ...

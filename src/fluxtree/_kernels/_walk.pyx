@@ -1322,6 +1322,7 @@ cdef class ParamPairer:
     cdef readonly list out
     cdef readonly dict dtypes
     cdef readonly Py_ssize_t nones
+    cdef readonly bint swapped        # some value is not in native byte order
     cdef IdTable visiting
     cdef list shapes              # slot -> expected shape
     cdef list occurrences         # occurrence -> slot
@@ -1361,6 +1362,8 @@ cdef class ParamPairer:
         tn = cnp.PyArray_TYPE(<cnp.ndarray>t)
         if tn not in self.dtypes:
             self.dtypes[tn] = cnp.PyArray_DescrFromType(tn)
+        if not cnp.PyArray_ISNOTSWAPPED(<cnp.ndarray>t):
+            self.swapped = True
         self.out.append(t)
 
     cdef void visit(self, object m, object t) except *:
@@ -1432,7 +1435,7 @@ cdef class ParamPairer:
                     f"expected {n} children like the model's {type(m).__name__} at "
                     f"{{path}}, got {len(tvals)}.")
         else:
-            tvals = self.keyed(d, m, t, keys)
+            tvals = self.keyed(d, m, t, keys, allowed)
         try:
             for i in range(n):
                 cur = i if keys is None else keys[i]
@@ -1446,7 +1449,7 @@ cdef class ParamPairer:
                 _annotate(e, cur, attr)
             raise
 
-    cdef list keyed(self, NodeDef d, object m, object t, list keys):
+    cdef list keyed(self, NodeDef d, object m, object t, list keys, object allowed):
         cdef NodeDef td = lookup(t)
         if td.kind == K_DICT:
             src = t
@@ -1461,6 +1464,8 @@ cdef class ParamPairer:
         for key in keys:
             if key in src:
                 vals.append(src[key])
+            elif allowed is not None and key not in allowed:
+                vals.append(None)          # not trainable: a gradient need not mention it
             else:
                 raise TreeError(ValueError,
                     f"expected an entry {key!r} like the model's {type(m).__name__} at "
