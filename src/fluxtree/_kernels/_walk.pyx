@@ -1186,89 +1186,54 @@ cdef class ParamCollector(Collector):
     of every parameter position (None while there is no tie: then it is 0, 1, 2, ...).
     ``dtypes`` maps the NumPy type numbers seen to their dtypes, ``views`` lists the
     slots of arrays that do not own their memory (candidates for aliasing), ``foreign``
-    counts non-NumPy (GPU) parameters, ``offsets()`` gives the start of each slot.
-    De-duplication uses a pointer-keyed open-addressing table, not Python objects.
+    counts non-NumPy (GPU) parameters, ``swapped`` flags a non-native byte order, and
+    ``offsets()`` gives the start of each slot.
     """
     cdef readonly object occurrences
     cdef readonly dict dtypes
     cdef readonly list views
     cdef readonly Py_ssize_t foreign
-    cdef readonly bint swapped        # some parameter is not in native byte order
+    cdef readonly bint swapped
     cdef Py_ssize_t n_occ, last_type
+    cdef IdTable slots                # parameter -> its slot
     cdef int64_t* sizes
     cdef Py_ssize_t sizes_cap
-    cdef uintptr_t* keys
-    cdef Py_ssize_t* vals
-    cdef Py_ssize_t cap, used
 
     def __cinit__(self):
         self.sizes_cap = 64
         self.sizes = <int64_t*>malloc(self.sizes_cap * sizeof(int64_t))
-        self.cap = 128
-        self.keys = <uintptr_t*>calloc(self.cap, sizeof(uintptr_t))
-        self.vals = <Py_ssize_t*>malloc(self.cap * sizeof(Py_ssize_t))
-        if self.sizes == NULL or self.keys == NULL or self.vals == NULL:
+        if self.sizes == NULL:
             raise MemoryError()
 
     def __dealloc__(self):
         free(self.sizes)
-        free(self.keys)
-        free(self.vals)
 
     def __init__(self):
         Collector.__init__(self, None, True, True)
         self.occurrences = None
         self.dtypes = {}
         self.views = []
+        self.slots = IdTable()
         self.foreign = 0
         self.n_occ = 0
         self.last_type = -1
 
-    cdef inline Py_ssize_t probe(self, uintptr_t key) noexcept:
-        cdef Py_ssize_t mask = self.cap - 1
-        cdef Py_ssize_t i = <Py_ssize_t>(((key >> 4) * <uintptr_t>0x9E3779B97F4A7C15) >> 20) & mask
-        while self.keys[i] != 0 and self.keys[i] != key:
-            i = (i + 1) & mask
-        return i
-
-    cdef void grow(self) except *:
-        cdef uintptr_t* old_keys = self.keys
-        cdef Py_ssize_t* old_vals = self.vals
-        cdef Py_ssize_t old_cap = self.cap, i, j
-        self.cap *= 2
-        self.keys = <uintptr_t*>calloc(self.cap, sizeof(uintptr_t))
-        self.vals = <Py_ssize_t*>malloc(self.cap * sizeof(Py_ssize_t))
-        if self.keys == NULL or self.vals == NULL:
-            raise MemoryError()
-        for i in range(old_cap):
-            if old_keys[i] != 0:
-                j = self.probe(old_keys[i])
-                self.keys[j] = old_keys[i]
-                self.vals[j] = old_vals[i]
-        free(old_keys)
-        free(old_vals)
-
     cdef void leaf(self, object x) except *:
-        cdef Py_ssize_t i, slot
+        cdef Py_ssize_t slot
         cdef int t
-        cdef uintptr_t key = <uintptr_t><void*>x
+        cdef PyObject* hit
         cdef int64_t* grown
         if not isnumeric(x):
             return
-        i = self.probe(key)
-        if self.keys[i] != 0:
-            slot = self.vals[i]
+        hit = self.slots.get(x)
+        if hit != NULL:
             if self.occurrences is None:
                 self.occurrences = list(range(self.n_occ))
-            self.occurrences.append(slot)
+            self.occurrences.append(<object>hit)
             self.n_occ += 1
             return
         slot = len(self.out)
-        self.keys[i] = key
-        self.vals[i] = slot
-        self.used += 1
-        if 2 * self.used > self.cap:
-            self.grow()
+        self.slots.put(x, slot)
         if self.occurrences is not None:
             self.occurrences.append(slot)
         self.n_occ += 1
