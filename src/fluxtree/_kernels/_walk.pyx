@@ -1195,7 +1195,8 @@ cdef class ParamCollector(Collector):
     cdef readonly Py_ssize_t foreign
     cdef readonly bint swapped
     cdef Py_ssize_t n_occ, last_type
-    cdef IdTable slots                # parameter -> its slot
+    cdef IdTable seen_params          # the parameters listed so far
+    cdef dict slot_of                 # id(parameter) -> slot, built at the first tie
     cdef int64_t* sizes
     cdef Py_ssize_t sizes_cap
 
@@ -1213,7 +1214,8 @@ cdef class ParamCollector(Collector):
         self.occurrences = None
         self.dtypes = {}
         self.views = []
-        self.slots = IdTable()
+        self.seen_params = IdTable()
+        self.slot_of = None
         self.foreign = 0
         self.n_occ = 0
         self.last_type = -1
@@ -1225,17 +1227,18 @@ cdef class ParamCollector(Collector):
         cdef int64_t* grown
         if not isnumeric(x):
             return
-        hit = self.slots.get(x)
-        if hit != NULL:
+        if self.seen_params.get(x) != NULL:       # a tie: rare, so slots are looked up lazily
             if self.occurrences is None:
                 self.occurrences = list(range(self.n_occ))
-            self.occurrences.append(<object>hit)
+                self.slot_of = {id(p): j for j, p in enumerate(self.out)}
+            self.occurrences.append(self.slot_of[id(x)])
             self.n_occ += 1
             return
         slot = len(self.out)
-        self.slots.put(x, slot)
+        self.seen_params.put(x, None)
         if self.occurrences is not None:
             self.occurrences.append(slot)
+            self.slot_of[id(x)] = slot
         self.n_occ += 1
         self.out.append(x)
         if slot == self.sizes_cap:
