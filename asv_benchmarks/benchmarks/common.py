@@ -221,3 +221,46 @@ def median_seconds(fn: Callable[[], Any], repeat: int | None = None,
     number = max(1, int(min_time / once))
     times = sorted(t / number for t in timer.repeat(repeat=repeat, number=number))
     return times[len(times) // 2]
+
+
+# ----------------------------------------------------------------------------
+# flat layer (bench_flat.py): parameter trees for destructure / Restructure
+# ----------------------------------------------------------------------------
+#: (a) many small leaves: 1,000 arrays of 64 float32 (fast: 100)
+N_FLAT_SMALL = 1000 if PROFILE == "regular" else 100
+FLAT_SMALL_SIZE = 64
+#: (b) few large leaves: 10 arrays of 10 M float32 (fast: 1 M), 400 MB in all
+N_FLAT_LARGE = 10
+FLAT_LARGE_SIZE = 10_000_000 if PROFILE == "regular" else 1_000_000
+#: (c) mixed dtypes: 10 arrays of 5 M, float32 and float64 alternating (fast: 500 k);
+#: the float64 vector has as many bytes as (b)'s float32 one
+FLAT_MIXED_SIZE = 5_000_000 if PROFILE == "regular" else 500_000
+
+
+def flat_small_tree(container: str = "list", n: int = N_FLAT_SMALL,
+                    size: int = FLAT_SMALL_SIZE, seed: int = 0) -> Any:
+    """``n`` float32 arrays of ``size`` elements, as a list or a dict ``{"p0": ..., ...}``."""
+    leaves = [np.full(size, (seed + i) % 97, dtype=np.float32) for i in range(n)]
+    if container == "list":
+        return leaves
+    if container == "dict":
+        return {f"p{i}": a for i, a in enumerate(leaves)}
+    raise ValueError(f"container must be 'list' or 'dict', got {container!r}.")
+
+
+def flat_large_tree(n: int = N_FLAT_LARGE, size: int = FLAT_LARGE_SIZE,
+                    seed: int = 0) -> list:
+    """A list of ``n`` float32 arrays of ``size`` elements each."""
+    return [np.full(size, (seed + i) % 97, dtype=np.float32) for i in range(n)]
+
+
+def flat_mixed_tree(n: int = N_FLAT_LARGE, size: int = FLAT_MIXED_SIZE,
+                    seed: int = 0) -> list:
+    """A list of ``n`` arrays of ``size`` elements, float32 and float64 alternating."""
+    return [np.full(size, (seed + i) % 97, dtype=np.float32 if i % 2 == 0 else np.float64)
+            for i in range(n)]
+
+
+def flat_leaves(tree: Any) -> list:
+    """The leaves of a ``flat_*_tree`` (a list, or a dict's values) in order."""
+    return list(tree.values()) if isinstance(tree, dict) else list(tree)
