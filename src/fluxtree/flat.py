@@ -9,11 +9,9 @@ The copies run in the compiled kernels of ``fluxtree._kernels._flat``.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
 from typing import Any, Generic, TypeVar
 
 import numpy as np
-from numpy.lib.array_utils import byte_bounds
 
 from . import functors
 from ._kernels import _flat, _walk
@@ -217,7 +215,8 @@ class Layout:
             plan = self._view_plans[v.dtype] = self._view_plan(v.dtype)
         same, other, view_args, copy_args, other_offsets = plan
         new: list = [None] * len(self.params)
-        for j, leaf in zip(same, _flat.new_leaves(*view_args, block=v)):
+        descrs, ndims, dims, starts, nbytes = view_args
+        for j, leaf in zip(same, _flat.new_leaves(descrs, ndims, dims, starts, nbytes, v)):
             new[j] = leaf
         if other:
             copies = _flat.new_leaves(*copy_args)

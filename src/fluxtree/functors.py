@@ -44,15 +44,15 @@ NEW_CACHE = _DefaultCache()
 # ----------------------------------------------------------------------------
 # declaring nodes
 # ----------------------------------------------------------------------------
-def _init_params(cls: type) -> tuple[str, ...]:
-    """The named parameters of ``cls.__init__`` (the fields of a decorated class)."""
-    params = list(inspect.signature(cls.__init__).parameters.values())[1:]
+def _init_params(cls: type) -> list[inspect.Parameter]:
+    """The parameters of ``cls.__init__`` without ``self`` (the fields of a decorated class)."""
+    params = list(inspect.signature(cls).parameters.values())
     bad = [p.name for p in params if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
     if bad:
         raise TypeError(
             f"@functor cannot read the fields of {cls.__name__}: __init__ takes *{bad[0]}; "
             f"name the fields (@functor('a', 'b')) and give the class a __rebuild__ method.")
-    return tuple(p.name for p in params)
+    return params
 
 
 def _record_def(cls: type, fields: tuple[str, ...] | None) -> NodeDef:
@@ -64,11 +64,12 @@ def _record_def(cls: type, fields: tuple[str, ...] | None) -> NodeDef:
                 f"{cls.__name__} defines __rebuild__, so @functor must name its child fields.")
         names = tuple(fields)
 
-        def make(orig, values):
+        def rebuild_by_hook(orig: Any, values: tuple) -> Any:
             return orig.__rebuild__(dict(zip(names, values)))
 
-        return NodeDef(_K_RECORD, True, names, make)
-    init = _init_params(cls)
+        return NodeDef(_K_RECORD, True, names, rebuild_by_hook)
+    params = _init_params(cls)
+    init = tuple(p.name for p in params)
     names = init if fields is None else tuple(fields)
     unknown = [f for f in names if f not in init]
     if unknown:
@@ -78,20 +79,18 @@ def _record_def(cls: type, fields: tuple[str, ...] | None) -> NodeDef:
             f"differs from its fields defines __rebuild__(self, children).")
     carried = tuple(p for p in init if p not in names)
 
-    def make(orig, values):
+    def make(orig: Any, values: tuple) -> Any:
         kw = {p: getattr(orig, p) for p in carried}
         kw.update(zip(names, values))
         return cls(**kw)
 
-    params = inspect.signature(cls.__init__).parameters.values()
-    positional = names == init and all(
-        p.kind is p.POSITIONAL_OR_KEYWORD for p in list(params)[1:])
+    positional = names == init and all(p.kind is p.POSITIONAL_OR_KEYWORD for p in params)
     return NodeDef(_K_RECORD, True, names, make, ctor=cls if positional else None)
 
 
 def _decorate(cls: type, fields: tuple[str, ...] | None) -> type:
     _record_def(cls, fields)                               # validate now, not at first use
-    cls.__fluxtree_node__ = staticmethod(lambda c: _record_def(c, fields))
+    setattr(cls, "__fluxtree_node__", staticmethod(lambda c: _record_def(c, fields)))
     _walk.forget_resolutions()
     return cls
 
@@ -167,7 +166,7 @@ def leaf(cls: type[T]) -> type[T]:
     """
     frozen = getattr(getattr(cls, "__dataclass_params__", None), "frozen", False)
     leaf_def = NodeDef(0, not frozen)
-    cls.__fluxtree_node__ = staticmethod(lambda c: leaf_def)
+    setattr(cls, "__fluxtree_node__", staticmethod(lambda c: leaf_def))
     _walk.forget_resolutions()
     return cls
 
@@ -228,7 +227,7 @@ def _run_mapper(what: str, f, x, ys, exclude, cache, prune, structural, with_pat
 
 
 def fmap(f: Callable[..., Any], x: T, *ys: Any, exclude: Callable[[Any], bool] = isleaf,
-         walk: AbstractWalk | None = None, cache: dict | None = NEW_CACHE,
+         walk: AbstractWalk | None = None, cache: dict | None | _DefaultCache = NEW_CACHE,
          prune: Any = _NO_PRUNE) -> T:
     """Map ``f`` over the leaves of ``x`` (and of ``ys``), rebuilding every node.
 
@@ -262,7 +261,7 @@ def fmap(f: Callable[..., Any], x: T, *ys: Any, exclude: Callable[[Any], bool] =
 
 
 def fmapstructure(f: Callable[..., Any], x: Any, *ys: Any,
-                  exclude: Callable[[Any], bool] = isleaf, cache: dict | None = NEW_CACHE,
+                  exclude: Callable[[Any], bool] = isleaf, cache: dict | None | _DefaultCache = NEW_CACHE,
                   prune: Any = _NO_PRUNE) -> Any:
     """Like ``fmap``, but nodes become plain dicts, tuples and lists.
 
@@ -279,7 +278,7 @@ def fmapstructure(f: Callable[..., Any], x: Any, *ys: Any,
 
 def fmap_with_path(f: Callable[..., Any], x: T, *ys: Any,
                    exclude: Callable[[KeyPath, Any], bool] | None = None,
-                   cache: dict | None = NEW_CACHE, prune: Any = _NO_PRUNE) -> T:
+                   cache: dict | None | _DefaultCache = NEW_CACHE, prune: Any = _NO_PRUNE) -> T:
     """``fmap`` that calls ``f(path, leaf, ...)`` and ``exclude(path, node)``.
 
     ``path`` is the ``KeyPath`` from the root; ``str(path)`` reads like Python
@@ -293,7 +292,7 @@ def fmap_with_path(f: Callable[..., Any], x: T, *ys: Any,
 
 def fmapstructure_with_path(f: Callable[..., Any], x: Any, *ys: Any,
                             exclude: Callable[[KeyPath, Any], bool] | None = None,
-                            cache: dict | None = NEW_CACHE, prune: Any = _NO_PRUNE) -> Any:
+                            cache: dict | None | _DefaultCache = NEW_CACHE, prune: Any = _NO_PRUNE) -> Any:
     """``fmapstructure`` with ``f(path, leaf, ...)`` and ``exclude(path, node)``.
 
     >>> fmapstructure_with_path(lambda p, v: str(p), (1, {"a": 2}))
@@ -373,7 +372,9 @@ def getkeypath(x: Any, path: Iterable[Hashable]) -> Any:
     >>> getkeypath({"layers": ({"w": 1}, {"w": 2})}, KeyPath("layers", 1, "w"))
     2
     """
-    node, walked, attrs = x, [], []
+    node = x
+    walked: list[Hashable] = []
+    attrs: list[bool] = []
     for key in path:
         try:
             child = _step(node, key)
@@ -503,9 +504,10 @@ class CachedWalk(AbstractWalk):
     """Map each cached node (``usecache``) once: repeats return the first result or ``prune``."""
 
     def __init__(self, walk: Callable[..., Any], *, prune: Any = _NO_PRUNE,
-                 cache: dict | None = NEW_CACHE) -> None:
+                 cache: dict | None | _DefaultCache = NEW_CACHE) -> None:
         self.walk, self.prune = walk, prune
-        self.cache = {} if cache is NEW_CACHE else _cache_arg(cache)
+        self.cache: dict | None = {} if cache is NEW_CACHE else cache  # type: ignore[assignment]
+        _cache_arg(cache)
 
     def __call__(self, recurse: Callable[..., Any], x: Any, *ys: Any) -> Any:
         if self.cache is None or not usecache(x):

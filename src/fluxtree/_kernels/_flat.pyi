@@ -40,3 +40,16 @@ def scatter(
     nthreads: int = 0,
 ) -> None:
     """outs[j][...] := cast(v[offsets[j]:offsets[j]+n_j]).reshape(outs[j].shape) for each j"""
+
+def new_leaves(
+    descrs: list[np.dtype[Any]],
+    ndims: NDArray[np.int32],
+    dims: NDArray[np.int64],
+    byte_offsets: NDArray[np.int64],
+    nbytes: int,
+    block: NDArray[Any] | None = None,
+) -> list[NDArray[Any]]:
+    """[C array j of dtype descrs[j] and shape dims[...] at block + byte_offsets[j]]"""
+
+def overlap_candidates(arrays: list[NDArray[Any]]) -> list[tuple[int, int]]:
+    """[(i, j)]: every pair whose byte extents [lowest, highest] intersect (i < j)"""
