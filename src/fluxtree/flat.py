@@ -169,6 +169,7 @@ class Layout:
         self.paths: list[KeyPath] | None = None
         self.occurrence_paths: list[KeyPath] | None = None
         self._blocks: tuple | None = None
+        self._dim_starts: np.ndarray | None = None
         self._view_plans: dict[np.dtype, tuple] = {}
         self.native = self.dtype in _KERNEL_DTYPES and all(
             d in _KERNEL_DTYPES for d in walker.dtypes.values()) and not walker.swapped
@@ -187,6 +188,16 @@ class Layout:
     @property
     def dtypes(self) -> list[np.dtype]:
         return self.blocks[1]
+
+    @property
+    def dim_starts(self) -> np.ndarray:
+        """Where each slot's dimensions start in ``blocks``' flat ``dims`` array."""
+        if self._dim_starts is None:
+            ndims = self.blocks[2]
+            starts = np.zeros(len(ndims), np.int64)
+            np.cumsum(ndims[:-1], out=starts[1:])
+            self._dim_starts = starts
+        return self._dim_starts
 
     @property
     def blocks(self) -> tuple:
@@ -397,7 +408,8 @@ class Restructure(Generic[M]):
             out = self._out([lay.dtype], out)
             _gather(lay.params, lay.offsets, out, lay.native and out.dtype in _KERNEL_DTYPES)
             return out
-        pairer = _walk.ParamPairer(lay.shapes, lay.occurrences)
+        shapes, _, ndims, dims, _, _ = lay.blocks
+        pairer = _walk.ParamPairer(shapes, lay._occurrences, ndims, dims, lay.dim_starts)
         values = _run("Restructure.flatten", pairer, self.model, tree)
         dtypes = list(pairer.dtypes.values())
         out = self._out(dtypes, out)

@@ -22,7 +22,7 @@ from cpython.long cimport PyLong_FromVoidPtr
 from cpython.object cimport PyObject
 from cpython.tuple cimport PyTuple_GET_SIZE
 from cpython.ref cimport Py_INCREF, Py_XDECREF
-from libc.stdint cimport int64_t, uintptr_t
+from libc.stdint cimport int32_t, int64_t, uintptr_t
 from libc.stdlib cimport calloc, free, malloc, realloc
 cimport numpy as cnp
 
@@ -1285,33 +1285,43 @@ cdef class ParamPairer:
     position included, in destructure's order) the value the tree holds there goes to
     ``out``; ``None`` where the tree holds ``None`` (no gradient) at or above it.  Each
     value is checked against the layout: a float or complex NumPy array of the slot's
-    shape.  ``dtypes`` collects the dtypes of the values.
+    shape (``ndims[slot]`` dimensions, read from ``dims`` at ``dim_starts[slot]``).
+    ``dtypes`` collects the dtypes of the values.
     """
     cdef readonly list out
     cdef readonly dict dtypes
     cdef readonly Py_ssize_t nones
     cdef readonly bint swapped        # some value is not in native byte order
     cdef IdTable visiting
-    cdef list shapes              # slot -> expected shape
-    cdef list occurrences         # occurrence -> slot
-    cdef Py_ssize_t count, depth
+    cdef list shapes                  # slot -> expected shape, for messages
+    cdef object occurrences           # occurrence -> slot; None when there is no tie
+    cdef const int32_t[::1] ndims
+    cdef const int64_t[::1] dims
+    cdef const int64_t[::1] dim_starts
+    cdef Py_ssize_t count, depth, last_type
 
-    def __init__(self, list shapes, list occurrences):
+    def __init__(self, list shapes, occurrences, const int32_t[::1] ndims,
+                 const int64_t[::1] dims, const int64_t[::1] dim_starts):
         self.out = []
         self.dtypes = {}
         self.visiting = IdTable()
         self.shapes = shapes
         self.occurrences = occurrences
+        self.ndims = ndims
+        self.dims = dims
+        self.dim_starts = dim_starts
         self.count = 0
+        self.last_type = -1
 
     def run(self, model, tree):
         self.visit(model, tree)
         return self.out
 
     cdef void value(self, object t) except *:
-        cdef Py_ssize_t i, nd
-        cdef cnp.npy_intp* dims
-        shape = <tuple>self.shapes[<Py_ssize_t>self.occurrences[self.count]]
+        cdef Py_ssize_t i, nd, slot, start
+        cdef int tn
+        cdef cnp.npy_intp* shape
+        slot = self.count if self.occurrences is None else <Py_ssize_t>self.occurrences[self.count]
         self.count += 1
         if t is None:
             self.out.append(None)
@@ -1321,15 +1331,20 @@ cdef class ParamPairer:
             what = f"dtype {t.dtype}" if isinstance(t, _ndarray) else f"a {type(t).__name__}"
             raise TreeError(TypeError, f"expected a float or complex array at {{path}}, got {what}.")
         nd = cnp.PyArray_NDIM(<cnp.ndarray>t)
-        dims = cnp.PyArray_DIMS(<cnp.ndarray>t)
-        if nd != len(shape):
-            raise TreeError(ValueError, f"expected shape {shape} at {{path}}, got {t.shape}.")
+        shape = cnp.PyArray_DIMS(<cnp.ndarray>t)
+        start = self.dim_starts[slot]
+        if nd != self.ndims[slot]:
+            raise TreeError(ValueError,
+                f"expected shape {self.shapes[slot]} at {{path}}, got {t.shape}.")
         for i in range(nd):
-            if dims[i] != <Py_ssize_t>shape[i]:
-                raise TreeError(ValueError, f"expected shape {shape} at {{path}}, got {t.shape}.")
+            if shape[i] != self.dims[start + i]:
+                raise TreeError(ValueError,
+                    f"expected shape {self.shapes[slot]} at {{path}}, got {t.shape}.")
         tn = cnp.PyArray_TYPE(<cnp.ndarray>t)
-        if tn not in self.dtypes:
-            self.dtypes[tn] = cnp.PyArray_DescrFromType(tn)
+        if tn != self.last_type:
+            self.last_type = tn
+            if tn not in self.dtypes:
+                self.dtypes[tn] = cnp.PyArray_DescrFromType(tn)
         if not cnp.PyArray_ISNOTSWAPPED(<cnp.ndarray>t):
             self.swapped = True
         self.out.append(t)
@@ -1358,12 +1373,53 @@ cdef class ParamPairer:
     def node_entry(self, NodeDef d, m, t):
         self.node(d, m, t)
 
+    cdef bint same_shape_node(self, NodeDef d, object m, object t) except -1:
+        """Dict/dict, sequence/sequence and same-record pairs, read in place; else False."""
+        cdef int k = d.kind
+        cdef Py_ssize_t i, n
+        cdef object cur = _NOKEY
+        cdef PyObject* got
+        tt = type(t)
+        try:
+            if k == K_DICT and tt is dict:
+                for kk, v in m.items():
+                    got = PyDict_GetItem(t, kk)
+                    if got == NULL:
+                        raise TreeError(ValueError,
+                            f"expected an entry {kk!r} like the model's {type(m).__name__} "
+                            f"at {{path}}; the tree has {list(t)}.")
+                    cur = kk
+                    self.visit(v, <object>got)
+                    cur = _NOKEY
+                return True
+            if (k == K_TUPLE or k == K_LIST) and (tt is tuple or tt is list):
+                n = len(m)
+                if len(t) != n:
+                    return False
+                for i in range(n):
+                    cur = i
+                    self.visit(m[i], t[i])
+                cur = _NOKEY
+                return True
+            if k == K_RECORD and tt is type(m):
+                for f in d.fields:
+                    cur = f
+                    self.visit(getattr(m, f), getattr(t, f))
+                return True
+        except BaseException as e:
+            if cur is not _NOKEY:
+                _annotate(e, cur, k == K_RECORD)
+            raise
+        return False
+
     cdef void node(self, NodeDef d, object m, object t) except *:
         cdef int k = d.kind
         cdef Py_ssize_t i, n
         cdef object cur = _NOKEY
         cdef bint attr = k == K_RECORD or k == K_NAMEDTUPLE
         cdef NodeDef td
+        if t is not None and not d.has_trainable and self.same_shape_node(d, m, t):
+            return
         allowed = _trainable_names(d, m) if d.has_trainable else None
         if k == K_CUSTOM:
             mch = _custom_children(d, m)
