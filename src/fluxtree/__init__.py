@@ -4,6 +4,7 @@
 >>> ft.fmap(lambda v: v + 1, {"a": 1, "b": (2, 3)})
 {'a': 2, 'b': (3, 4)}
 """
+from .data import DataLoader as DataLoader
 from .flat import AliasWarning as AliasWarning
 from .flat import Restructure as Restructure
 from .flat import destructure as destructure
@@ -32,5 +33,8 @@ from .functors import leaf as leaf
 from .functors import modules as modules
 from .functors import register as register
 from .functors import usecache as usecache
+from .precision import f16 as f16
+from .precision import f32 as f32
+from .precision import f64 as f64
 
 __version__ = "0.1.0"
