@@ -33,6 +33,10 @@ from .functors import leaf as leaf
 from .functors import modules as modules
 from .functors import register as register
 from .functors import usecache as usecache
+from .io import load as load
+from .io import loadmodel_ as loadmodel_
+from .io import save as save
+from .io import state as state
 from .precision import f16 as f16
 from .precision import f32 as f32
 from .precision import f64 as f64

@@ -1,0 +1,1028 @@
+"""Model state: ``state``, ``loadmodel_`` and checkpoints (``save`` / ``load``).
+
+``state(model)`` is the model as plain data: dicts, tuples, lists, arrays (the model's own
+objects), numbers, strings and ``None``; every other leaf (activation functions, RNGs,
+types) becomes ``()``.  ``loadmodel_(dst, src)`` copies the arrays of a model or a state
+into a model of the same architecture, in place, after checking the whole tree.
+
+``save(path, x)`` writes ``state(x)`` as ``.npz`` or ``.safetensors`` (chosen by the
+extension); ``load(path)`` reads it back.  Both formats keep the tree in a JSON metadata
+entry (tuples apart from lists, dict key types, numbers, strings, ``None``, ``()``), store
+each array once under its key path (``layers[0].weight``; tied arrays once, and they come
+back tied), and never pickle.  Writes are atomic: a temporary file in the same directory,
+flushed and ``fsync``-ed, then renamed over the target.
+
+Safetensors has no complex dtype: a complex64 (complex128) array is stored as an F32 (F64)
+tensor with a trailing axis of length 2 (real, imaginary: its own bytes) and the metadata
+marks it complex, so ``load`` gives back the complex array.  Other readers see the pair.
+"""
+from __future__ import annotations
+
+import bisect
+import itertools
+import json
+import math
+import numbers
+import os
+import struct
+import sys
+import time
+import zipfile
+import zlib
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from io import BytesIO
+from typing import Any, BinaryIO
+
+import numpy as np
+
+from . import functors
+from ._kernels import _walk
+from ._kernels._walk import KeyPath
+
+__all__ = ["load", "loadmodel_", "save", "state"]
+
+_K_NAMEDTUPLE = 4
+_K_RECORD = 5
+_K_CUSTOM = 6
+
+
+# ----------------------------------------------------------------------------
+# state
+# ----------------------------------------------------------------------------
+def _is_array(x: Any) -> bool:
+    if isinstance(x, np.ndarray):
+        return True
+    cp = sys.modules.get("cupy")
+    return cp is not None and isinstance(x, cp.ndarray)
+
+
+_KEPT = (numbers.Number, np.number, np.bool_, str, type(None))
+
+
+def _state_leaf(v: Any) -> Any:
+    if isinstance(v, _KEPT) or _is_array(v):
+        return v
+    return ()
+
+
+def state(x: Any) -> Any:
+    """The state of ``x``: its structure as dicts, tuples and lists, with the data leaves.
+
+    Arrays (any dtype; the same objects, not copies), numbers (``bool`` and complex
+    included), ``str`` and ``None`` are kept; every other leaf (functions, RNGs, types, ...)
+    becomes ``()``.  Records become dicts of *all* their children, trainable or not.
+
+    >>> import numpy as np
+    >>> w = np.ones(2)
+    >>> s = state({"w": w, "act": np.tanh, "cfg": (1, "same", None, 2.5j)})
+    >>> s
+    {'w': array([1., 1.]), 'act': (), 'cfg': (1, 'same', None, 2.5j)}
+    >>> s["w"] is w
+    True
+    """
+    return functors._run_mapper("state", _state_leaf, x, (), None, functors.NEW_CACHE,
+                                _walk.NO_PRUNE, True, False)
+
+
+# ----------------------------------------------------------------------------
+# loadmodel_
+# ----------------------------------------------------------------------------
+_ZERO = object()          # plan: fill the destination with zeros (loaded from False)
+
+
+def _short(v: Any) -> str:
+    text = repr(v)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _path(chain: Any) -> KeyPath:
+    keys: list = []
+    attrs: list = []
+    while chain is not None:
+        keys.append(chain[1])
+        attrs.append(chain[2])
+        chain = chain[0]
+    return _walk.path_of(keys, attrs)
+
+
+class _LoadError(Exception):
+    def __init__(self, exc_type: type[Exception], message: str) -> None:
+        super().__init__(message)
+        self.exc_type = exc_type
+
+
+def _fail(chain: Any, message: str, exc_type: type[Exception] = ValueError) -> _LoadError:
+    return _LoadError(exc_type, message.format(path=_path(chain)))
+
+
+def _child_items(ch: Any, filt: Callable[[Any], bool] | None) -> tuple[bool, list]:
+    """(is_dict, [(key, value)]) of a children collection, entries failing ``filt`` dropped."""
+    if isinstance(ch, dict):
+        items = list(ch.items())
+        is_dict = True
+    else:
+        items = list(enumerate(ch))
+        is_dict = False
+    if filt is not None:
+        items = [(k, v) for k, v in items if filt(v)]
+    return is_dict, items
+
+
+def _is_attr(d: Any, key: Any) -> bool:
+    kind = _walk.node_def(d).kind
+    if kind in (_K_NAMEDTUPLE, _K_RECORD):
+        return True
+    return kind == _K_CUSTOM and type(key) is str and key.isidentifier()
+
+
+def _check_cast(d: Any, s: Any, chain: Any) -> None:
+    if d.dtype == s.dtype:
+        return
+    if s.dtype.kind == "c" and d.dtype.kind != "c":
+        raise _fail(chain, f"cannot load a {s.dtype} array into the {d.dtype} array at "
+                    "{path}: the imaginary part would be lost.", TypeError)
+    if not np.can_cast(s.dtype, d.dtype, casting="same_kind"):
+        raise _fail(chain, f"cannot load a {s.dtype} array into the {d.dtype} array at "
+                    "{path} (not a same-kind cast).", TypeError)
+
+
+class _Planner:
+    """Walks dst and src together, checks every rule, and lists the copies to make."""
+
+    def __init__(self, filt: Callable[[Any], bool] | None) -> None:
+        self.filt = filt
+        self.plan: list[tuple[Any, Any]] = []              # (dst array, src array or _ZERO)
+        self.seen: dict[int, tuple[Any, Any, Any]] = {}    # id(dst) -> (dst, source, chain)
+
+    def run(self, dst: Any, src: Any) -> None:
+        active: set[int] = set()
+        stack: list[tuple] = [(dst, src, None)]
+        while stack:
+            frame = stack.pop()
+            if frame[0] is _EXIT:
+                active.discard(frame[1])
+                continue
+            d, s, chain = frame
+            if _walk.isleaf(d):
+                self.leaf(d, s, chain)
+                continue
+            if _walk.usecache(d):
+                if id(d) in active:
+                    raise _fail(chain, "the destination contains itself: a cycle through "
+                                "{path}.")
+                active.add(id(d))
+                stack.append((_EXIT, id(d)))
+            pairs = self.pair(d, s, chain)
+            for key, dc, sc in reversed(pairs):
+                stack.append((dc, sc, (chain, key, _is_attr(d, key))))
+
+    def pair(self, d: Any, s: Any, chain: Any) -> list[tuple[Any, Any, Any]]:
+        d_dict, d_items = _child_items(_walk.children(d), self.filt)
+        if _walk.isleaf(s) and not isinstance(s, dict):
+            raise _fail(chain, f"the structures do not match at {{path}}: dst has a "
+                        f"{type(d).__name__} node with {_keys_text(d_dict, d_items)}, src "
+                        f"has the leaf {_short(s)}.")
+        s_dict, s_items = _child_items(s if isinstance(s, dict) else _walk.children(s),
+                                       self.filt)
+        if d_dict and s_dict:
+            dmap = dict(d_items)
+            if dmap.keys() != {k for k, _ in s_items}:
+                smap = dict(s_items)
+                lacks = [k for k in dmap if k not in smap]
+                extra = [k for k in smap if k not in dmap]
+                raise _fail(chain, f"the structures do not match at {{path}}: tried to load "
+                            f"src keys {list(smap)} into dst keys {list(dmap)} (src lacks "
+                            f"{lacks}, has extra {extra}).")
+            return [(k, dmap[k], v) for k, v in s_items]
+        if not d_dict and not s_dict:
+            if len(d_items) != len(s_items):
+                raise _fail(chain, f"the structures do not match at {{path}}: tried to load "
+                            f"{len(s_items)} src children into {len(d_items)} dst children.")
+            return [(dk, dv, sv) for (dk, dv), (_, sv) in zip(d_items, s_items)]
+        raise _fail(chain, f"the structures do not match at {{path}}: tried to load src "
+                    f"{_keys_text(s_dict, s_items)} into dst {_keys_text(d_dict, d_items)}.")
+
+    def leaf(self, d: Any, s: Any, chain: Any) -> None:
+        if _is_array(d):
+            prior = self.seen.get(id(d))
+            if prior is not None:
+                self.tie(d, s, chain, prior)
+                return
+            if _is_array(s):
+                if tuple(s.shape) != tuple(d.shape):
+                    raise _fail(chain, f"expected an array of shape {tuple(d.shape)} at "
+                                f"{{path}}, got shape {tuple(s.shape)}.")
+                _check_cast(d, s, chain)
+                source: Any = s
+            elif type(s) is bool or type(s) is np.bool_:
+                if s:
+                    raise _fail(chain, "cannot copy the boolean parameter True into the "
+                                "array at {path}; only False (an absent parameter) loads, "
+                                "as zeros.")
+                source = _ZERO
+            else:
+                raise _fail(chain, f"tried to copy {_short(s)} into an array destination "
+                            "at {path}; this is not allowed.")
+            if isinstance(d, np.ndarray) and not d.flags.writeable:
+                raise _fail(chain, "the destination array at {path} is read-only.")
+            self.seen[id(d)] = (d, source, chain)
+            self.plan.append((d, source))
+            return
+        if type(d) is bool or type(d) is np.bool_:
+            if _is_array(s) and d:
+                raise _fail(chain, "cannot copy a non-zero parameter into the boolean "
+                            "parameter True at {path}.")
+            return
+        if _is_array(s):
+            raise _fail(chain, f"tried to copy an array to {_short(d)} at {{path}}; this is "
+                        "not allowed.")
+
+    def tie(self, d: Any, s: Any, chain: Any, prior: tuple) -> None:
+        _, source, first = prior
+        if source is _ZERO:
+            holds = None
+        elif source is s:
+            return
+        else:
+            holds = source if source.dtype == d.dtype else source.astype(d.dtype)
+        if _is_array(s):
+            if holds is None:
+                equal = tuple(s.shape) == tuple(d.shape) and not np.any(_host(s))
+            else:
+                equal = bool(np.array_equal(_host(holds), _host(s)))
+            if not equal:
+                raise _fail(chain, "encountered tied destination parameters with untied and "
+                            "mismatched sources at {path} (the array there was loaded from "
+                            f"a different source at {_path(first)}).")
+            return
+        if type(s) is bool or type(s) is np.bool_:
+            if s or (holds is not None and np.any(_host(holds))):
+                raise _fail(chain, "encountered a tied parameter with a boolean source at "
+                            "some nodes and non-boolean sources at others, at {path} "
+                            f"(first loaded at {_path(first)}).")
+            return
+        raise _fail(chain, f"tried to copy {_short(s)} into an array destination at "
+                    "{path}; this is not allowed.")
+
+
+class _Exit:
+    pass
+
+
+_EXIT = _Exit()
+
+
+def _keys_text(is_dict: bool, items: list) -> str:
+    if is_dict:
+        return f"keys {[k for k, _ in items]}"
+    return f"{len(items)} positional children"
+
+
+def _host(a: Any) -> Any:
+    return a if isinstance(a, np.ndarray) else a.get()
+
+
+def _bounds(a: np.ndarray) -> tuple[int, int]:
+    lo, hi = np.lib.array_utils.byte_bounds(a)
+    return lo, hi
+
+
+def _snapshot_overlaps(plan: list[tuple[Any, Any]]) -> list[tuple[Any, Any]]:
+    """Copy the sources that overlap another destination, so the copy order cannot matter."""
+    dsts = sorted(_bounds(d) + (id(d),) for d, _ in plan if isinstance(d, np.ndarray) and d.size)
+    if not dsts:
+        return plan
+    starts = [lo for lo, _, _ in dsts]
+    reach = list(itertools.accumulate((hi for _, hi, _ in dsts), max))
+    out = []
+    for d, s in plan:
+        if isinstance(s, np.ndarray) and s.size and s is not d:
+            lo, hi = _bounds(s)
+            j = bisect.bisect_left(starts, hi) - 1      # destinations starting before hi
+            while j >= 0 and reach[j] > lo:
+                if dsts[j][1] > lo and dsts[j][2] != id(d):
+                    s = s.copy()
+                    break
+                j -= 1
+        out.append((d, s))
+    return out
+
+
+def loadmodel_(dst: Any, src: Any, *, filter: Callable[[Any], bool] | None = None) -> Any:
+    """Copy every array of ``src`` (a model or a ``state``) into ``dst``, in place; return ``dst``.
+
+    Walks both trees together: record fields and dict keys are matched by name (as sets; a
+    record loads from a dict with its field names), tuples and lists by position.  Arrays
+    are copied into ``dst``'s arrays (cast to their dtypes; complex into real is a
+    ``TypeError``).  Non-array leaves of ``dst`` (activations, rates, flags) are never
+    written or compared.  ``False`` (an absent bias) loads into an array as zeros, and an
+    array loads into ``False`` as nothing.  A tied destination array is written once; its
+    other sources must agree.  ``filter(v)`` drops children (of both trees) for which it is
+    false.  The whole tree is checked before anything is copied: on an error ``dst`` is
+    unchanged.
+
+    >>> import numpy as np
+    >>> dst = {"w": np.zeros(2), "b": np.zeros(1), "act": "relu"}
+    >>> _ = loadmodel_(dst, {"b": False, "w": np.array([1, 2]), "act": ()})
+    >>> dst
+    {'w': array([1., 2.]), 'b': array([0.]), 'act': 'relu'}
+    >>> loadmodel_(dst, {"w": np.ones(3), "b": False, "act": ()})
+    Traceback (most recent call last):
+    ...
+    ValueError: loadmodel_: expected an array of shape (2,) at ["w"], got shape (3,).
+    """
+    if filter is not None and not callable(filter):
+        raise TypeError(f"loadmodel_: filter must be callable, got {type(filter).__name__}.")
+    planner = _Planner(filter)
+    try:
+        planner.run(dst, src)
+    except _LoadError as e:
+        raise e.exc_type(f"loadmodel_: {e}") from None
+    for d, s in _snapshot_overlaps(planner.plan):
+        if isinstance(d, np.ndarray):
+            if s is _ZERO:
+                d.fill(0)
+            else:
+                np.copyto(d, _host(s), casting="same_kind")
+        else:
+            cp = sys.modules["cupy"]
+            d[...] = 0 if s is _ZERO else cp.asarray(s).astype(d.dtype, copy=False)
+    return dst
+
+
+# ----------------------------------------------------------------------------
+# the metadata: the tree as a flat JSON node table
+# ----------------------------------------------------------------------------
+_FORMAT = "fluxtree.state"
+_VERSION = 1
+_NPZ_META = "__fluxtree__/metadata"
+
+
+class _Corrupt(Exception):
+    """A file that is not a valid checkpoint; turned into a ValueError naming the file."""
+
+
+def _enc_float(v: float) -> Any:
+    if math.isfinite(v):
+        return v
+    return ["f", "nan" if math.isnan(v) else ("inf" if v > 0 else "-inf")]
+
+
+def _enc_scalar(v: Any) -> Any:
+    """The JSON form of a non-array leaf, or raise TypeError (message has {path})."""
+    if v is None or type(v) is str or type(v) is bool:
+        return v
+    if isinstance(v, np.generic):
+        if v.dtype.hasobject:
+            raise TypeError("object")
+        return ["g", v.dtype.str, v.tobytes().hex()]
+    if isinstance(v, bool):
+        return bool(v)
+    if isinstance(v, int):
+        return int(v)
+    if isinstance(v, float):
+        return _enc_float(float(v))
+    if isinstance(v, complex):
+        return ["c", _enc_float(v.real), _enc_float(v.imag)]
+    if isinstance(v, str):
+        return str(v)
+    if type(v) is tuple and not v:
+        return ["e"]
+    raise TypeError("unsupported")
+
+
+def _dec_float(v: Any) -> float:
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return float(v)
+    if isinstance(v, list) and len(v) == 2 and v[0] == "f" and v[1] in ("nan", "inf", "-inf"):
+        return float(v[1])
+    raise _Corrupt(f"bad float {v!r} in the metadata")
+
+
+def _dec_value(v: Any, nodes: list, arrays: Callable[[str], Any]) -> Any:
+    if v is None or isinstance(v, (bool, int, float, str)):
+        return v
+    if not isinstance(v, list) or not v or not isinstance(v[0], str):
+        raise _Corrupt(f"bad value {_short(v)} in the metadata")
+    tag = v[0]
+    if tag == "e" and len(v) == 1:
+        return ()
+    if tag == "a" and len(v) == 2 and isinstance(v[1], str):
+        return arrays(v[1])
+    if tag == "n" and len(v) == 2 and type(v[1]) is int:
+        if not 0 <= v[1] < len(nodes):
+            raise _Corrupt(f"node reference {v[1]} out of range in the metadata")
+        return nodes[v[1]]
+    if tag == "c" and len(v) == 3:
+        return complex(_dec_float(v[1]), _dec_float(v[2]))
+    if tag == "f" and len(v) == 2:
+        return _dec_float(v)
+    if tag == "g" and len(v) == 3 and isinstance(v[1], str) and isinstance(v[2], str):
+        try:
+            dt = np.dtype(v[1])
+            if dt.hasobject:
+                raise TypeError
+            raw = bytes.fromhex(v[2])
+            return np.frombuffer(raw, dtype=dt, count=1)[0] if dt.itemsize else dt.type()
+        except (TypeError, ValueError):
+            raise _Corrupt(f"bad NumPy scalar {_short(v)} in the metadata") from None
+    raise _Corrupt(f"bad value {_short(v)} in the metadata")
+
+
+class _Encoder:
+    """Turns a state tree into (metadata root, node table, [(key, array)])."""
+
+    def __init__(self, check_array: Callable[[np.ndarray], str | None]) -> None:
+        self.check_array = check_array
+        self.nodes: list = []
+        self.arrays: list[tuple[str, np.ndarray]] = []
+        self.array_keys: dict[int, str] = {}
+        self.used: set[str] = {_NPZ_META}
+        self.memo: dict[int, int] = {}
+        self.alive: list = []
+
+    def run(self, tree: Any) -> Any:
+        frames: list[list] = []       # [node, items, next index, encoded children, key]
+        active: set[int] = set()
+        result: Any = None
+        enc = self.visit(tree, frames, active)
+        if not frames:
+            return enc
+        while frames:
+            fr = frames[-1]
+            if fr[2] < len(fr[1]):
+                key, child = fr[1][fr[2]]
+                fr[2] += 1
+                fr[4] = key
+                e = self.visit(child, frames, active)
+                if e is not _PUSHED:
+                    fr[3].append(e)
+                continue
+            frames.pop()
+            node = fr[0]
+            active.discard(id(node))
+            if type(node) is dict:
+                keys = [k for k, _ in fr[1]]
+                entry: list = ["d", [[self.key(k, frames), e]
+                                     for k, e in zip(keys, fr[3])]]
+            else:
+                entry = ["t" if type(node) is tuple else "l", fr[3]]
+            self.nodes.append(entry)
+            ref = ["n", len(self.nodes) - 1]
+            if type(node) is not tuple:
+                self.memo[id(node)] = len(self.nodes) - 1
+                self.alive.append(node)
+            if frames:
+                frames[-1][3].append(ref)
+            else:
+                result = ref
+        return result
+
+    def path(self, frames: list) -> KeyPath:
+        return KeyPath(*(fr[4] for fr in frames))
+
+    def key(self, k: Any, frames: list) -> Any:
+        try:
+            e = _enc_scalar(k)
+        except TypeError:
+            e = ["e"]
+        if isinstance(e, list) and e[0] == "e":
+            raise TypeError(f"save: cannot store the dict key {_short(k)} (type "
+                            f"{type(k).__name__}) at {self.path(frames)}; keys must be str, "
+                            "int, bool, float or None.")
+        return e
+
+    def visit(self, v: Any, frames: list, active: set) -> Any:
+        t = type(v)
+        if (t is tuple and v) or t is list or t is dict:
+            if t is not tuple:
+                hit = self.memo.get(id(v))
+                if hit is not None:
+                    return ["n", hit]
+                if id(v) in active:
+                    raise ValueError(f"save: the tree contains itself: a cycle through "
+                                     f"{self.path(frames)}.")
+                active.add(id(v))
+            items = list(v.items()) if t is dict else list(enumerate(v))
+            frames.append([v, items, 0, [], None])
+            return _PUSHED
+        if _is_array(v):
+            return ["a", self.array(v, frames)]
+        try:
+            return _enc_scalar(v)
+        except TypeError:
+            raise TypeError(f"save: cannot store the value {_short(v)} of type "
+                            f"{type(v).__name__} at {self.path(frames)}; a state holds "
+                            "arrays, numbers, str, None and ().") from None
+
+    def array(self, a: Any, frames: list) -> str:
+        key = self.array_keys.get(id(a))
+        if key is not None:
+            return key
+        path = self.path(frames)
+        host = _host(a)
+        if host.dtype.hasobject:
+            raise TypeError(f"save: cannot store the object array at {path} (dtype "
+                            f"{host.dtype}): fluxtree never pickles; convert it to a numeric "
+                            "array first.")
+        problem = self.check_array(host)
+        if problem is not None:
+            raise TypeError(f"save: {problem} at {path}.")
+        key = str(path)
+        n = 1
+        while key in self.used:
+            n += 1
+            key = f"{path}#{n}"
+        self.used.add(key)
+        self.array_keys[id(a)] = key
+        self.alive.append(a)
+        self.arrays.append((key, host))
+        return key
+
+
+class _Pushed:
+    pass
+
+
+_PUSHED = _Pushed()
+
+
+def _metadata(tree: Any, check_array: Callable[[np.ndarray], str | None],
+              extra: Callable[[list], dict] | None = None) -> tuple[bytes, list[tuple[str, np.ndarray]]]:
+    enc = _Encoder(check_array)
+    root = enc.run(tree)
+    meta: dict = {"format": _FORMAT, "version": _VERSION, "root": root, "nodes": enc.nodes}
+    if extra:
+        meta.update(extra(enc.arrays))
+    text = json.dumps(meta, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return text.encode("utf-8"), enc.arrays
+
+
+def _decode_metadata(raw: bytes | str, arrays: dict[str, Any]) -> Any:
+    try:
+        meta = json.loads(raw)
+    except (ValueError, RecursionError) as e:
+        raise _Corrupt(f"its metadata is not valid JSON ({e})") from None
+    if not isinstance(meta, dict) or meta.get("format") != _FORMAT:
+        raise _Corrupt("its metadata is not a fluxtree state")
+    if meta.get("version") != _VERSION:
+        raise _Corrupt(f"it has state format version {meta.get('version')!r}; this "
+                       f"fluxtree reads version {_VERSION}")
+    table = meta.get("nodes")
+    if not isinstance(table, list) or "root" not in meta:
+        raise _Corrupt("its metadata has no node table")
+
+    def array(key: str) -> Any:
+        try:
+            return arrays[key]
+        except KeyError:
+            raise _Corrupt(f"the metadata refers to an array {key!r} that is not in the "
+                           "file") from None
+
+    nodes: list = []
+    for entry in table:
+        if not (isinstance(entry, list) and len(entry) == 2 and entry[0] in ("t", "l", "d")
+                and isinstance(entry[1], list)):
+            raise _Corrupt(f"bad node {_short(entry)} in the metadata")
+        tag, body = entry
+        if tag == "d":
+            node: Any = {}
+            for pair in body:
+                if not (isinstance(pair, list) and len(pair) == 2):
+                    raise _Corrupt(f"bad dict entry {_short(pair)} in the metadata")
+                k = _dec_value(pair[0], [], array)
+                if isinstance(k, (np.ndarray, dict, list, tuple)):
+                    raise _Corrupt(f"bad dict key {_short(pair[0])} in the metadata")
+                node[k] = _dec_value(pair[1], nodes, array)
+        else:
+            items = [_dec_value(v, nodes, array) for v in body]
+            node = tuple(items) if tag == "t" else items
+        nodes.append(node)
+    return _dec_value(meta["root"], nodes, array)
+
+
+# ----------------------------------------------------------------------------
+# writing files
+# ----------------------------------------------------------------------------
+_CHUNK = 1 << 30
+
+
+def _write_all(fd: int, data: Any) -> None:
+    mv = memoryview(data)
+    if mv.ndim != 1 or mv.format != "B":
+        mv = mv.cast("B")
+    while len(mv):
+        n = os.write(fd, mv[:_CHUNK])
+        mv = mv[n:]
+
+
+def _bytes_of(a: np.ndarray) -> memoryview:
+    """The raw bytes of a C-contiguous array, without a copy."""
+    return memoryview(a.reshape(-1).view(np.uint8))
+
+
+def _fsync_dir(directory: str) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _atomic_write(path: str, writer: Callable[[int], None]) -> None:
+    directory = os.path.dirname(os.path.abspath(path))
+    base = os.path.basename(path)
+    for _ in range(100):
+        tmp = os.path.join(directory, f".{base}.{os.urandom(6).hex()}.tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0),
+                         0o666)
+            break
+        except FileExistsError:
+            continue
+    else:
+        raise OSError(f"save: could not create a temporary file in {directory}")
+    try:
+        try:
+            writer(fd)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    _fsync_dir(directory)
+
+
+# --- safetensors -------------------------------------------------------------
+_ST_DTYPES = {
+    "F16": "<f2", "F32": "<f4", "F64": "<f8", "I8": "i1", "I16": "<i2", "I32": "<i4",
+    "I64": "<i8", "U8": "u1", "U16": "<u2", "U32": "<u4", "U64": "<u8", "BOOL": "?",
+}
+_ST_OF = {np.dtype(v).newbyteorder("="): k for k, v in _ST_DTYPES.items()}
+_ST_COMPLEX = {np.dtype("complex64"): "F32", np.dtype("complex128"): "F64"}
+
+
+def _st_check(a: np.ndarray) -> str | None:
+    dt = a.dtype.newbyteorder("=")
+    if dt in _ST_OF or dt in _ST_COMPLEX:
+        return None
+    return (f"safetensors cannot store a {a.dtype} array (it holds "
+            f"{', '.join(_ST_DTYPES)} and complex as a pair); save as .npz instead")
+
+
+def _le_contiguous(a: np.ndarray) -> np.ndarray:
+    le = a.dtype.newbyteorder("<")
+    if a.dtype == le and a.flags.c_contiguous:
+        return a
+    return a.astype(le, order="C")
+
+
+def _save_safetensors(path: str, tree: Any) -> None:
+    def complex_keys(arrays: list) -> dict:
+        return {"complex": {k: a.dtype.newbyteorder("=").name for k, a in arrays
+                            if a.dtype.kind == "c"}}
+
+    meta, arrays = _metadata(tree, _st_check, complex_keys)
+    # widest items first, so every tensor's offset is a multiple of its item size
+    order = sorted(range(len(arrays)), key=lambda i: -arrays[i][1].dtype.itemsize)
+    header: dict = {"__metadata__": {"format": "np", "fluxtree": meta.decode("utf-8")}}
+    offset = 0
+    blobs = []
+    for i in order:
+        key, a = arrays[i]
+        dt = a.dtype.newbyteorder("=")
+        if dt in _ST_COMPLEX:
+            st, shape = _ST_COMPLEX[dt], [*a.shape, 2]
+        else:
+            st, shape = _ST_OF[dt], list(a.shape)
+        data = _le_contiguous(a)
+        header[key] = {"dtype": st, "shape": shape, "data_offsets": [offset, offset + a.nbytes]}
+        offset += a.nbytes
+        blobs.append(data)
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    text += b" " * (-(8 + len(text)) % 8)
+
+    def writer(fd: int) -> None:
+        _write_all(fd, struct.pack("<Q", len(text)) + text)
+        for data in blobs:
+            if data.size:
+                _write_all(fd, _bytes_of(data))
+
+    _atomic_write(path, writer)
+
+
+# --- npz: a ZIP64 archive of .npy members, written directly -------------------
+def _npy_header(a: np.ndarray) -> tuple[bytes, np.ndarray]:
+    """The .npy header for ``a`` and the C-contiguous array whose bytes follow it."""
+    if a.flags.f_contiguous and not a.flags.c_contiguous:
+        data = a.T
+    else:
+        a = a if a.flags.c_contiguous else a.copy(order="C")
+        data = a
+    info = np.lib.format.header_data_from_array_1_0(a)
+    buf = BytesIO()
+    try:
+        np.lib.format.write_array_header_1_0(buf, info)
+    except ValueError:
+        buf = BytesIO()
+        np.lib.format.write_array_header_2_0(buf, info)
+    return buf.getvalue(), data
+
+
+def _crc(header: bytes, data: np.ndarray) -> int:
+    crc = zlib.crc32(header)
+    if data.size:
+        mv = _bytes_of(data)
+        for i in range(0, len(mv), _CHUNK):
+            crc = zlib.crc32(mv[i:i + _CHUNK], crc)
+    return crc
+
+
+def _dos_time() -> tuple[int, int]:
+    t = time.localtime()
+    year = max(t.tm_year, 1980)
+    return (t.tm_hour << 11 | t.tm_min << 5 | t.tm_sec // 2,
+            (year - 1980) << 9 | t.tm_mon << 5 | t.tm_mday)
+
+
+def _save_npz(path: str, tree: Any) -> None:
+    meta, arrays = _metadata(tree, lambda a: None)
+    members = [(k + ".npy", *_npy_header(a)) for k, a in arrays]
+    members.append((_NPZ_META + ".npy", *_npy_header(np.frombuffer(meta, dtype=np.uint8))))
+    dostime, dosdate = _dos_time()
+
+    def writer(fd: int) -> None:
+        central = []
+        offset = 0
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            crcs: list[Future] = []
+            for name, header, data in members:
+                bname = name.encode("utf-8")
+                size = len(header) + data.nbytes
+                local = struct.pack("<IHHHHHIIIHH", 0x04034B50, 45, 0x800, 0, dostime, dosdate,
+                                    0, 0xFFFFFFFF, 0xFFFFFFFF, len(bname), 20)
+                local += bname + struct.pack("<HHQQ", 1, 16, size, size)
+                crcs.append(pool.submit(_crc, header, data))
+                _write_all(fd, local + header)
+                if data.size:
+                    _write_all(fd, _bytes_of(data))
+                central.append((bname, size, offset))
+                offset += len(local) + size
+            values = [f.result() for f in crcs]
+        for (bname, size, at), crc in zip(central, values):
+            os.pwrite(fd, struct.pack("<I", crc), at + 14)
+        cd = bytearray()
+        for (bname, size, at), crc in zip(central, values):
+            cd += struct.pack("<IHHHHHHIIIHHHHHII", 0x02014B50, 45 | (3 << 8), 45, 0x800, 0,
+                              dostime, dosdate, crc, 0xFFFFFFFF, 0xFFFFFFFF, len(bname), 28,
+                              0, 0, 0, 0o100644 << 16, 0xFFFFFFFF)
+            cd += bname + struct.pack("<HHQQQ", 1, 24, size, size, at)
+        n = len(central)
+        end = struct.pack("<IQHHIIQQQQ", 0x06064B50, 44, 45, 45, 0, 0, n, n, len(cd), offset)
+        end += struct.pack("<IIQI", 0x07064B50, 0, offset + len(cd), 1)
+        end += struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, min(n, 0xFFFF), min(n, 0xFFFF),
+                           0xFFFFFFFF, 0xFFFFFFFF, 0)
+        os.lseek(fd, 0, os.SEEK_END)
+        _write_all(fd, bytes(cd) + end)
+
+    _atomic_write(path, writer)
+
+
+# ----------------------------------------------------------------------------
+# reading files
+# ----------------------------------------------------------------------------
+def _readinto(f: BinaryIO, a: np.ndarray, what: str) -> None:
+    if not a.size:
+        return
+    mv = _bytes_of(a)
+    got = 0
+    while got < len(mv):
+        n = f.readinto(mv[got:got + _CHUNK])  # type: ignore[attr-defined]
+        if not n:
+            raise _Corrupt(f"it is truncated: {what} ends after {got} of {len(mv)} bytes")
+        got += n
+
+
+def _load_safetensors(path: str) -> Any:
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        head = f.read(8)
+        if len(head) < 8:
+            raise _Corrupt(f"it is too short ({size} bytes) for a safetensors header")
+        (n,) = struct.unpack("<Q", head)
+        if n > size - 8 or n > 1 << 30:
+            raise _Corrupt(f"its header length {n} does not fit the file size {size} (not a "
+                           "safetensors file, or truncated)")
+        raw = f.read(n)
+        try:
+            header = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError, RecursionError) as e:
+            raise _Corrupt(f"its header is not valid JSON ({e})") from None
+        if not isinstance(header, dict):
+            raise _Corrupt("its header is not a JSON object")
+        meta = header.pop("__metadata__", None)
+        if meta is not None and not (isinstance(meta, dict)
+                                     and all(isinstance(v, str) for v in meta.values())):
+            raise _Corrupt("its __metadata__ is not a map of strings")
+        complex_of: dict = {}
+        fluxmeta = meta.get("fluxtree") if meta else None
+        if fluxmeta is not None:
+            try:
+                parsed = json.loads(fluxmeta)
+                complex_of = parsed.get("complex", {}) if isinstance(parsed, dict) else {}
+            except ValueError:
+                pass      # reported by _decode_metadata
+            if not isinstance(complex_of, dict):
+                raise _Corrupt("its complex-array table is not a JSON object")
+        data_size = size - 8 - n
+        entries = []
+        for key, info in header.items():
+            if not (isinstance(info, dict) and info.get("dtype") in _ST_DTYPES
+                    and isinstance(info.get("shape"), list)
+                    and all(type(d) is int and d >= 0 for d in info["shape"])
+                    and isinstance(info.get("data_offsets"), list)
+                    and len(info["data_offsets"]) == 2
+                    and all(type(o) is int for o in info["data_offsets"])):
+                raise _Corrupt(f"its header entry for {key!r} is malformed: {_short(info)}")
+            dt = np.dtype(_ST_DTYPES[info["dtype"]])
+            begin, stop = info["data_offsets"]
+            shape = tuple(info["shape"])
+            if stop - begin != math.prod(shape) * dt.itemsize or begin < 0:
+                raise _Corrupt(f"the tensor {key!r} has offsets {info['data_offsets']} that do "
+                               f"not match its shape {list(shape)} and dtype {info['dtype']}")
+            entries.append((begin, stop, key, dt, shape))
+        entries.sort(key=lambda e: (e[0], e[1]))
+        at = 0
+        for begin, stop, key, _, _ in entries:
+            if begin != at:
+                raise _Corrupt(f"the tensor {key!r} starts at byte {begin} of the data, "
+                               f"expected {at} (overlapping or missing data)")
+            at = stop
+        if at > data_size:
+            raise _Corrupt(f"it is truncated: its header describes {at} bytes of data, the file "
+                           f"holds {data_size}")
+        if at != data_size:
+            raise _Corrupt(f"it has {data_size - at} bytes after the data its header describes")
+        arrays: dict[str, Any] = {}
+        for begin, stop, key, dt, shape in entries:
+            a = np.empty(shape, dtype=dt)
+            _readinto(f, a, f"the tensor {key!r}")
+            if not a.dtype.isnative:
+                a = a.astype(a.dtype.newbyteorder("="))
+            kind = complex_of.get(key)
+            if kind is not None:
+                if kind not in ("complex64", "complex128") or not shape or shape[-1] != 2 \
+                        or np.dtype(kind).itemsize != 2 * dt.itemsize or dt.kind != "f":
+                    raise _Corrupt(f"the complex tensor {key!r} is not stored as a pair")
+                a = a.view(np.dtype(kind)).reshape(shape[:-1])
+            arrays[key] = a
+    if fluxmeta is None:
+        return arrays
+    return _decode_metadata(fluxmeta, arrays)
+
+
+def _npz_member(f: BinaryIO, zf: zipfile.ZipFile, info: zipfile.ZipInfo,
+                pool: ThreadPoolExecutor, checks: list) -> np.ndarray:
+    if info.compress_type != zipfile.ZIP_STORED or info.flag_bits & 0x1:
+        with zf.open(info) as member:
+            return np.lib.format.read_array(member, allow_pickle=False)
+    f.seek(info.header_offset)
+    local = f.read(30)
+    if len(local) < 30 or local[:4] != b"PK\x03\x04":
+        raise _Corrupt(f"the local header of {info.filename!r} is damaged")
+    nlen, elen = struct.unpack("<HH", local[26:30])
+    start = info.header_offset + 30 + nlen + elen
+    f.seek(start)
+    try:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+        elif version == (2, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+        else:
+            raise ValueError(f"unsupported .npy version {version}")
+    except ValueError as e:
+        raise _Corrupt(f"the member {info.filename!r} is not a valid .npy array ({e})") from None
+    if dtype.hasobject:
+        raise _Corrupt(f"the member {info.filename!r} holds an object array; fluxtree never "
+                       "unpickles")
+    hlen = f.tell() - start
+    if hlen + math.prod(shape) * dtype.itemsize != info.file_size:
+        raise _Corrupt(f"the member {info.filename!r} has {info.file_size} bytes, its .npy "
+                       f"header describes {hlen + math.prod(shape) * dtype.itemsize}")
+    a = np.empty(shape[::-1] if fortran else shape, dtype=dtype)
+    _readinto(f, a, f"the member {info.filename!r}")
+    f.seek(start)
+    header = f.read(hlen)
+    checks.append((info, pool.submit(_crc, header, a)))
+    return a.T if fortran else a
+
+
+def _load_npz(path: str) -> Any:
+    with open(path, "rb") as f:
+        magic = f.read(4)
+        if magic != b"PK\x03\x04":
+            raise _Corrupt(f"it is not a .npz (zip) file: it starts with {magic!r}; fluxtree "
+                           "never unpickles")
+        f.seek(0)
+        try:
+            zf = zipfile.ZipFile(f)
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError,
+                EOFError, struct.error) as e:
+            raise _Corrupt(f"it is not a readable zip archive ({e}); truncated?") from None
+        arrays: dict[str, Any] = {}
+        meta = None
+        checks: list = []
+        with zf, ThreadPoolExecutor(max_workers=1) as pool:
+            for info in zf.infolist():
+                name = info.filename
+                if not name.endswith(".npy"):
+                    raise _Corrupt(f"it holds the member {name!r}, which is not a .npy array")
+                try:
+                    a = _npz_member(f, zf, info, pool, checks)
+                except (zipfile.BadZipFile, OSError, EOFError) as e:
+                    raise _Corrupt(f"its member {name!r} is damaged ({e})") from None
+                except ValueError as e:
+                    raise _Corrupt(f"its member {name!r} is not a valid array ({e})") from None
+                if name[:-4] == _NPZ_META:
+                    meta = a
+                else:
+                    arrays[name[:-4]] = a
+            for info, fut in checks:
+                if fut.result() != info.CRC:
+                    raise _Corrupt(f"the member {info.filename!r} fails its CRC-32 check "
+                                   "(the file is damaged)")
+    if meta is None:
+        return arrays
+    if meta.dtype != np.uint8 or meta.ndim != 1:
+        raise _Corrupt("its metadata entry is not a uint8 vector")
+    try:
+        text = meta.tobytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise _Corrupt("its metadata is not UTF-8") from None
+    return _decode_metadata(text, arrays)
+
+
+# ----------------------------------------------------------------------------
+# save / load
+# ----------------------------------------------------------------------------
+def _format_of(path: Any, what: str) -> tuple[str, str]:
+    p = os.fspath(path)
+    if isinstance(p, bytes):
+        p = os.fsdecode(p)
+    lower = p.lower()
+    for ext in (".npz", ".safetensors"):
+        if lower.endswith(ext):
+            return p, ext
+    raise ValueError(f"{what}: unknown checkpoint format for {p!r}: the file name must end "
+                     "in .npz or .safetensors.")
+
+
+def save(path: str | os.PathLike, x: Any) -> None:
+    """Write ``state(x)`` to ``path`` (``.npz`` or ``.safetensors``), atomically.
+
+    Arrays are stored under their key paths (``layers[0].weight``), each tied array once;
+    the structure and the other leaves go in a JSON metadata entry.  Object arrays are a
+    ``TypeError`` (nothing is pickled).  The file appears complete or not at all.
+
+    >>> import numpy as np, os, tempfile
+    >>> d = tempfile.mkdtemp()
+    >>> w = np.arange(3.0)
+    >>> save(os.path.join(d, "m.npz"), {"w": w, "tied": w, "cfg": (1, "x")})
+    >>> s = load(os.path.join(d, "m.npz"))
+    >>> s
+    {'w': array([0., 1., 2.]), 'tied': array([0., 1., 2.]), 'cfg': (1, 'x')}
+    >>> s["w"] is s["tied"]
+    True
+    """
+    p, ext = _format_of(path, "save")
+    tree = state(x)
+    if ext == ".npz":
+        _save_npz(p, tree)
+    else:
+        _save_safetensors(p, tree)
+
+
+def load(path: str | os.PathLike) -> Any:
+    """Read a state written by ``save`` (or any ``.npz`` / ``.safetensors`` file).
+
+    Gives the state tree, ready for ``loadmodel_(model, load(path))``.  A file without
+    fluxtree metadata gives a dict of its arrays by name.  A truncated, damaged or foreign
+    file is a ``ValueError`` naming it; nothing in the file is ever executed or unpickled.
+    """
+    p, ext = _format_of(path, "load")
+    try:
+        return _load_npz(p) if ext == ".npz" else _load_safetensors(p)
+    except _Corrupt as e:
+        raise ValueError(f"load: {p!r} is not a valid {ext} checkpoint: {e}.") from None
