@@ -627,6 +627,8 @@ def test_npz_keys_and_interop(tmp_path):
         assert np.array_equal(z["layers[1].weight"], m[1].weight)
     with zipfile.ZipFile(path) as zf:
         assert zf.testzip() is None
+    back = ft.load(path)
+    assert all(a.ctypes.data % 64 == 0 for a in arrays_of(back))     # data 64-byte aligned
     plain = tmp_path / "plain.npz"
     np.savez(plain, a=np.arange(3), b=np.ones((2, 2)))
     got = ft.load(plain)
@@ -735,7 +737,7 @@ def test_flipped_bytes(tmp_path, ext):
                  raw.index(b"fluxtree.state") + 3]
     else:
         # zip signature, member name, .npy magic, array data (CRC), central directory
-        spots = [0, 31, 56, 600, raw.index(b"PK\x01\x02")]
+        spots = [0, 31, raw.index(b"\x93NUMPY") + 1, 600, raw.index(b"PK\x01\x02")]
     for at in spots:
         damaged = bytearray(raw)
         damaged[at] ^= 0x5A

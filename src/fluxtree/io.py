@@ -820,9 +820,15 @@ def _save_npz(path: str, tree: Any) -> None:
             for name, header, data in members:
                 bname = name.encode("utf-8")
                 size = len(header) + data.nbytes
+                # pad the extra field (zipalign's 0xD935 block) so the .npy data, which
+                # follows a header of a multiple of 64 bytes, starts 64-byte aligned
+                base = offset + 30 + len(bname) + 20
+                pad = 6 + (-(base + 6)) % 64
+                extra = struct.pack("<HHQQ", 1, 16, size, size)
+                extra += struct.pack("<HHH", 0xD935, pad - 4, 64) + bytes(pad - 6)
                 local = struct.pack("<IHHHHHIIIHH", 0x04034B50, 45, 0x800, 0, dostime, dosdate,
-                                    0, 0xFFFFFFFF, 0xFFFFFFFF, len(bname), 20)
-                local += bname + struct.pack("<HHQQ", 1, 16, size, size)
+                                    0, 0xFFFFFFFF, 0xFFFFFFFF, len(bname), len(extra))
+                local += bname + extra
                 crcs.append(pool.submit(_crc, header, data))
                 _write_all(fd, local + header)
                 if data.size:
@@ -950,8 +956,9 @@ def _load_safetensors(path: str) -> Any:
     return _decode_metadata(fluxmeta, arrays)
 
 
-def _npz_member(f: BinaryIO, zf: zipfile.ZipFile, info: zipfile.ZipInfo,
+def _npz_member(f: BinaryIO, zf: zipfile.ZipFile, info: zipfile.ZipInfo, buf: np.ndarray,
                 pool: ThreadPoolExecutor, checks: list) -> np.ndarray:
+    """One member, read into its place in ``buf`` (the file's size) and viewed from there."""
     if info.compress_type != zipfile.ZIP_STORED or info.flag_bits & 0x1:
         with zf.open(info) as member:
             return np.lib.format.read_array(member, allow_pickle=False)
@@ -968,13 +975,19 @@ def _npz_member(f: BinaryIO, zf: zipfile.ZipFile, info: zipfile.ZipInfo,
         raise _Corrupt(f"the local header of {info.filename!r} does not match the zip "
                        "directory")
     start = info.header_offset + 30 + nlen + elen
+    stop = start + info.file_size
+    if stop > len(buf):
+        raise _Corrupt(f"it is truncated: the member {info.filename!r} ends past the file")
     f.seek(start)
+    blob = buf[start:stop]
+    _readinto(f, blob, f"the member {info.filename!r}")
+    head = BytesIO(blob[:12288].tobytes())
     try:
-        version = np.lib.format.read_magic(f)
+        version = np.lib.format.read_magic(head)
         if version == (1, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(head)
         elif version == (2, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(head)
         else:
             raise ValueError(f"unsupported .npy version {version}")
     except Exception as e:      # the header parser raises SyntaxError, TokenError, ...
@@ -982,15 +995,17 @@ def _npz_member(f: BinaryIO, zf: zipfile.ZipFile, info: zipfile.ZipInfo,
     if dtype.hasobject:
         raise _Corrupt(f"the member {info.filename!r} holds an object array; fluxtree never "
                        "unpickles")
-    hlen = f.tell() - start
-    if hlen + math.prod(shape) * dtype.itemsize != info.file_size:
+    hlen = head.tell()
+    nbytes = math.prod(shape) * dtype.itemsize
+    if hlen + nbytes != info.file_size:
         raise _Corrupt(f"the member {info.filename!r} has {info.file_size} bytes, its .npy "
-                       f"header describes {hlen + math.prod(shape) * dtype.itemsize}")
-    a = np.empty(shape[::-1] if fortran else shape, dtype=dtype)
-    _readinto(f, a, f"the member {info.filename!r}")
-    f.seek(start)
-    header = f.read(hlen)
-    checks.append((info, pool.submit(_crc, header, a)))
+                       f"header describes {hlen + nbytes}")
+    checks.append((info, pool.submit(zlib.crc32, memoryview(blob))))  # type: ignore[arg-type]
+    data = blob[hlen:]
+    if dtype.itemsize and data.ctypes.data % dtype.alignment:
+        data = data.copy()                        # unaligned (another writer): own buffer
+    a = data.view(dtype) if dtype.itemsize else np.empty(0, dtype)
+    a = a.reshape(shape[::-1] if fortran else shape)
     return a.T if fortran else a
 
 
@@ -1008,13 +1023,17 @@ def _load_npz(path: str) -> Any:
         arrays: dict[str, Any] = {}
         meta = None
         checks: list = []
+        size = os.fstat(f.fileno()).st_size
+        raw = np.empty(size + 64, dtype=np.uint8)
+        skip = -raw.ctypes.data % 64
+        buf = raw[skip:skip + size]           # 64-byte aligned, like the members' data
         with zf, ThreadPoolExecutor(max_workers=1) as pool:
             for info in zf.infolist():
                 name = info.filename
                 if not name.endswith(".npy"):
                     raise _Corrupt(f"it holds the member {name!r}, which is not a .npy array")
                 try:
-                    a = _npz_member(f, zf, info, pool, checks)
+                    a = _npz_member(f, zf, info, buf, pool, checks)
                 except _Corrupt:
                     raise
                 except Exception as e:  # BadZipFile, NotImplementedError, ValueError, ...
