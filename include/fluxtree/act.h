@@ -1,0 +1,433 @@
+/*
+ * fluxtree/act.h -- activation functions shared by the Dense and BatchNorm kernels.
+ *
+ * Activation codes (the `act` argument of every kernel):
+ *   0 identity   x
+ *   1 relu       max(x, 0)
+ *   2 tanh       tanh(x)
+ *   3 sigmoid    1 / (1 + exp(-x))
+ *   4 softplus   log1p(exp(x)), computed as max(x, 0) + log1p(exp(-|x|))
+ *   5 gelu       0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))   (tanh form, as NNlib/Flux),
+ *                evaluated as x * sigmoid(2 sqrt(2/pi) (x + 0.044715 x^3)), the same function
+ *                without the cancellation of 1 + tanh(u) for negative u
+ *   6 elu        x > 0 ? x : expm1(x)          (alpha = 1)
+ *   7 leakyrelu  x > 0 ? x : 0.01 x
+ *   8 swish      x * sigmoid(x)
+ * Unknown codes act as the identity.
+ *
+ * Evaluated with branch-free polynomial kernels that GCC vectorizes: ft_*_v in double
+ * (relative error a few ulp of double) and ft_*_vf in float arithmetic for float data (a few
+ * ulp of float).  NaN propagates, +-inf map to the limits.
+ *
+ * Scalar API (for kernels that need one value at a time):
+ *   ft_act_d(code, z), ft_act_f(code, z)     activation
+ *   ft_dact_d(code, z), ft_dact_f(code, z)   its first derivative d act / dz (at z = 0 relu,
+ *                                            leakyrelu and elu take the left derivative)
+ * Array API (the Dense epilogue), row-major (rows, cols), b may be NULL, suffix f or d:
+ *   ft_bias_act_inplace_f(code, y, b, rows, cols):   y[i, j] = act(y[i, j] + b[j])
+ *   ft_bias_act_pre_f(code, z, b, y, rows, cols):    z[i, j] += b[j]; y[i, j] = act(z[i, j])
+ * On GCC/x86-64 Linux the array loops are compiled for AVX-512, AVX2 and baseline x86-64 and
+ * picked at load time (target_clones); elsewhere they are plain -O3 loops.
+ */
+#ifndef FLUXTREE_ACT_H
+#define FLUXTREE_ACT_H
+
+#include <math.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+static inline int ft_act_max_threads(void) { return omp_get_max_threads(); }
+#else
+static inline int ft_act_max_threads(void) { return 1; }
+#endif
+
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) \
+    && !defined(FLUXTREE_NO_CLONES)
+#define FT_CLONES __attribute__((target_clones("avx512f", "avx2", "default"), unused))
+#elif defined(__GNUC__)
+#define FT_CLONES __attribute__((unused))
+#else
+#define FT_CLONES
+#endif
+
+/* The selects below (clamps, NaN passes, small-argument branches) are if-converted, and the
+ * loops vectorized, only when floating-point operations may be evaluated speculatively, that
+ * is without -ftrapping-math; nothing here reads the floating-point exception flags.  Kernels
+ * that inline these functions should sit between the same pair of macros. */
+#if defined(__GNUC__) && !defined(__clang__)
+#define FT_VECTORIZE_BEGIN _Pragma("GCC push_options") _Pragma("GCC optimize(\"no-trapping-math\")")
+#define FT_VECTORIZE_END _Pragma("GCC pop_options")
+#else
+#define FT_VECTORIZE_BEGIN
+#define FT_VECTORIZE_END
+#endif
+
+FT_VECTORIZE_BEGIN
+
+enum {
+    FT_ACT_IDENTITY = 0, FT_ACT_RELU = 1, FT_ACT_TANH = 2, FT_ACT_SIGMOID = 3,
+    FT_ACT_SOFTPLUS = 4, FT_ACT_GELU = 5, FT_ACT_ELU = 6, FT_ACT_LEAKYRELU = 7,
+    FT_ACT_SWISH = 8, FT_ACT_NCODES = 9
+};
+
+#define FT_LEAKY_SLOPE 0.01
+#define FT_GELU_K 0.7978845608028654 /* sqrt(2/pi) */
+#define FT_GELU_C 0.044715
+
+/* ---------------------------------------------------------- vectorizable kernels */
+
+static inline int64_t ft_bits_(double x) { int64_t i; memcpy(&i, &x, 8); return i; }
+static inline double ft_from_bits_(int64_t i) { double x; memcpy(&x, &i, 8); return x; }
+
+/* ---- double kernels: relative error a few ulp of double */
+
+/* exp(x): Cody-Waite reduction x = n ln2 + r, |r| <= ln2/2, Taylor polynomial of degree 13,
+ * then scaling by 2^n in two steps so that subnormal results and n = 1024 are exact. */
+static inline double ft_exp_v(double x)
+{
+    const double magic = 6755399441055744.0;           /* 1.5 * 2^52: rounds to an integer */
+    const double ln2_hi = 6.93147180369123816490e-01;  /* low 32 bits zero: n * ln2_hi exact */
+    const double ln2_lo = 1.90821492927058770002e-10;
+    double xc = x > 709.8 ? 709.8 : x;
+    xc = xc < -746.0 ? -746.0 : xc;
+    double t = xc * 1.4426950408889634 + magic;
+    double n = t - magic;
+    double r = (xc - n * ln2_hi) - n * ln2_lo;
+    double p = 1.0 / 6227020800.0;                      /* 1/13! */
+    p = p * r + 1.0 / 479001600.0;
+    p = p * r + 1.0 / 39916800.0;
+    p = p * r + 1.0 / 3628800.0;
+    p = p * r + 1.0 / 362880.0;
+    p = p * r + 1.0 / 40320.0;
+    p = p * r + 1.0 / 5040.0;
+    p = p * r + 1.0 / 720.0;
+    p = p * r + 1.0 / 120.0;
+    p = p * r + 1.0 / 24.0;
+    p = p * r + 1.0 / 6.0;
+    p = p * r + 0.5;
+    p = p * r + 1.0;
+    p = p * r + 1.0;
+    /* n = n1 + n2 with both halves in the normal exponent range */
+    double t1 = n * 0.5 + magic;
+    int64_t ni = ft_bits_(t) - ft_bits_(magic);
+    int64_t n1 = ft_bits_(t1) - ft_bits_(magic);
+    int64_t n2 = ni - n1;
+    double y = p * ft_from_bits_((n1 + 1023) << 52) * ft_from_bits_((n2 + 1023) << 52);
+    y = x > 709.8 ? INFINITY : y;
+    y = x < -746.0 ? 0.0 : y;
+    return x != x ? x : y;
+}
+
+/* expm1(x): Taylor series below |x| = 1/4 (no cancellation), exp(x) - 1 above. */
+static inline double ft_expm1_v(double x)
+{
+    double p = 1.0 / 6227020800.0;
+    p = p * x + 1.0 / 479001600.0;
+    p = p * x + 1.0 / 39916800.0;
+    p = p * x + 1.0 / 3628800.0;
+    p = p * x + 1.0 / 362880.0;
+    p = p * x + 1.0 / 40320.0;
+    p = p * x + 1.0 / 5040.0;
+    p = p * x + 1.0 / 720.0;
+    p = p * x + 1.0 / 120.0;
+    p = p * x + 1.0 / 24.0;
+    p = p * x + 1.0 / 6.0;
+    p = p * x + 0.5;
+    double small = x + (x * x) * p;
+    double big = ft_exp_v(x) - 1.0;
+    return fabs(x) < 0.25 ? small : big;
+}
+
+/* log(u) for finite u > 0 (normal range): u = 2^e m, m in [sqrt(1/2), sqrt(2)),
+ * log m = 2 atanh(s), s = (m - 1)/(m + 1), |s| < 0.1716, odd series to s^21. */
+static inline double ft_log_v(double u)
+{
+    int64_t bits = ft_bits_(u);
+    int32_t hi = (int32_t)(bits >> 32);
+    double ed = (double)((hi >> 20) - 1023);        /* int32 -> double converts in SIMD */
+    double m = ft_from_bits_((bits & 0x000fffffffffffffLL) | 0x3ff0000000000000LL);
+    int big = m > 1.4142135623730951;
+    double mh = 0.5 * m;
+    double ep = ed + 1.0;
+    m = big ? mh : m;
+    ed = big ? ep : ed;
+    double s = (m - 1.0) / (m + 1.0);
+    double s2 = s * s;
+    double p = 1.0 / 21.0;
+    p = p * s2 + 1.0 / 19.0;
+    p = p * s2 + 1.0 / 17.0;
+    p = p * s2 + 1.0 / 15.0;
+    p = p * s2 + 1.0 / 13.0;
+    p = p * s2 + 1.0 / 11.0;
+    p = p * s2 + 1.0 / 9.0;
+    p = p * s2 + 1.0 / 7.0;
+    p = p * s2 + 1.0 / 5.0;
+    p = p * s2 + 1.0 / 3.0;
+    double l = 2.0 * s + 2.0 * s * s2 * p;
+    return ed * 6.93147180369123816490e-01 + (l + ed * 1.90821492927058770002e-10);
+}
+
+/* log1p(t) for t in [0, 1] (Goldberg's correction of log(1 + t)). */
+static inline double ft_log1p01_v(double t)
+{
+    double u = 1.0 + t;
+    double d = u - 1.0;
+    double l = ft_log_v(u) * (t / (d == 0.0 ? 1.0 : d));
+    return d == 0.0 ? t : l;
+}
+
+static inline double ft_identity_v(double x) { return x; }
+static inline double ft_relu_v(double x) { return x < 0.0 ? 0.0 : x; }
+static inline double ft_leakyrelu_v(double x) { return x < 0.0 ? FT_LEAKY_SLOPE * x : x; }
+
+static inline double ft_tanh_v(double x)
+{
+    double a = fabs(x);
+    a = a < 20.0 ? a : 20.0;                     /* tanh(20) rounds to 1 */
+    double e = ft_expm1_v(2.0 * a);
+    double y = copysign(e / (e + 2.0), x);
+    return x != x ? x : y;
+}
+
+static inline double ft_sigmoid_v(double x) { return 1.0 / (1.0 + ft_exp_v(-x)); }
+static inline double ft_swish_v(double x) { return x * ft_sigmoid_v(x); }
+
+static inline double ft_softplus_v(double x)
+{
+    double y = (x > 0.0 ? x : 0.0) + ft_log1p01_v(ft_exp_v(-fabs(x)));
+    return x != x ? x : y;
+}
+
+static inline double ft_gelu_v(double x)
+{
+    double u = FT_GELU_K * (x + FT_GELU_C * x * x * x);
+    double y = x / (1.0 + ft_exp_v(-2.0 * u));
+    return x < -30.0 ? -0.0 : y;                 /* exp(-2u) overflows: avoids -inf / inf */
+}
+
+static inline double ft_elu_v(double x) { return x > 0.0 ? x : ft_expm1_v(x); }
+
+/* ---- float kernels, in float arithmetic: relative error a few ulp of float */
+
+static inline int32_t ft_fbits_(float x) { int32_t i; memcpy(&i, &x, 4); return i; }
+static inline float ft_from_fbits_(int32_t i) { float x; memcpy(&x, &i, 4); return x; }
+
+static inline float ft_exp_vf(float x)
+{
+    const float magic = 12582912.0f;                    /* 1.5 * 2^23 */
+    const float ln2_hi = 0.693359375f;                  /* 9 significant bits: n * ln2_hi exact */
+    const float ln2_lo = -2.12194440e-4f;
+    float xc = x > 88.8f ? 88.8f : x;
+    xc = xc < -104.0f ? -104.0f : xc;
+    float t = xc * 1.44269504f + magic;
+    float n = t - magic;
+    float r = (xc - n * ln2_hi) - n * ln2_lo;
+    float p = 1.0f / 40320.0f;
+    p = p * r + 1.0f / 5040.0f;
+    p = p * r + 1.0f / 720.0f;
+    p = p * r + 1.0f / 120.0f;
+    p = p * r + 1.0f / 24.0f;
+    p = p * r + 1.0f / 6.0f;
+    p = p * r + 0.5f;
+    p = p * r + 1.0f;
+    p = p * r + 1.0f;
+    float t1 = n * 0.5f + magic;
+    int32_t ni = ft_fbits_(t) - ft_fbits_(magic);
+    int32_t n1 = ft_fbits_(t1) - ft_fbits_(magic);
+    int32_t n2 = ni - n1;
+    float y = p * ft_from_fbits_((n1 + 127) << 23) * ft_from_fbits_((n2 + 127) << 23);
+    y = x > 88.8f ? INFINITY : y;
+    y = x < -104.0f ? 0.0f : y;
+    return x != x ? x : y;
+}
+
+static inline float ft_expm1_vf(float x)
+{
+    float p = 1.0f / 40320.0f;
+    p = p * x + 1.0f / 5040.0f;
+    p = p * x + 1.0f / 720.0f;
+    p = p * x + 1.0f / 120.0f;
+    p = p * x + 1.0f / 24.0f;
+    p = p * x + 1.0f / 6.0f;
+    p = p * x + 0.5f;
+    float small = x + (x * x) * p;
+    float big = ft_exp_vf(x) - 1.0f;
+    return fabsf(x) < 0.25f ? small : big;
+}
+
+static inline float ft_log_vf(float u)
+{
+    int32_t bits = ft_fbits_(u);
+    float ed = (float)((bits >> 23) - 127);
+    float m = ft_from_fbits_((bits & 0x007fffff) | 0x3f800000);
+    int big = m > 1.41421356f;
+    float mh = 0.5f * m;
+    float ep = ed + 1.0f;
+    m = big ? mh : m;
+    ed = big ? ep : ed;
+    float s = (m - 1.0f) / (m + 1.0f);
+    float s2 = s * s;
+    float p = 1.0f / 11.0f;
+    p = p * s2 + 1.0f / 9.0f;
+    p = p * s2 + 1.0f / 7.0f;
+    p = p * s2 + 1.0f / 5.0f;
+    p = p * s2 + 1.0f / 3.0f;
+    float l = 2.0f * s + 2.0f * s * s2 * p;
+    return ed * 0.693147181f + l;
+}
+
+static inline float ft_log1p01_vf(float t)
+{
+    float u = 1.0f + t;
+    float d = u - 1.0f;
+    float l = ft_log_vf(u) * (t / (d == 0.0f ? 1.0f : d));
+    return d == 0.0f ? t : l;
+}
+
+static inline float ft_identity_vf(float x) { return x; }
+static inline float ft_relu_vf(float x) { return x < 0.0f ? 0.0f : x; }
+static inline float ft_leakyrelu_vf(float x) { return x < 0.0f ? (float)FT_LEAKY_SLOPE * x : x; }
+
+static inline float ft_tanh_vf(float x)
+{
+    float a = fabsf(x);
+    a = a < 10.0f ? a : 10.0f;                   /* tanh(10) rounds to 1 */
+    float e = ft_expm1_vf(2.0f * a);
+    float y = copysignf(e / (e + 2.0f), x);
+    return x != x ? x : y;
+}
+
+static inline float ft_sigmoid_vf(float x) { return 1.0f / (1.0f + ft_exp_vf(-x)); }
+static inline float ft_swish_vf(float x) { return x * ft_sigmoid_vf(x); }
+
+static inline float ft_softplus_vf(float x)
+{
+    float y = (x > 0.0f ? x : 0.0f) + ft_log1p01_vf(ft_exp_vf(-fabsf(x)));
+    return x != x ? x : y;
+}
+
+static inline float ft_gelu_vf(float x)
+{
+    /* in double: the float rounding of u would be amplified by exp for large |x| */
+    return (float)ft_gelu_v((double)x);
+}
+
+static inline float ft_elu_vf(float x) { return x > 0.0f ? x : ft_expm1_vf(x); }
+
+/* ------------------------------------------------------------------ scalar API */
+
+static inline double ft_act_d(int code, double z)
+{
+    switch (code) {
+    case FT_ACT_RELU: return ft_relu_v(z);
+    case FT_ACT_TANH: return ft_tanh_v(z);
+    case FT_ACT_SIGMOID: return ft_sigmoid_v(z);
+    case FT_ACT_SOFTPLUS: return ft_softplus_v(z);
+    case FT_ACT_GELU: return ft_gelu_v(z);
+    case FT_ACT_ELU: return ft_elu_v(z);
+    case FT_ACT_LEAKYRELU: return ft_leakyrelu_v(z);
+    case FT_ACT_SWISH: return ft_swish_v(z);
+    default: return z;
+    }
+}
+
+static inline float ft_act_f(int code, float z)
+{
+    switch (code) {
+    case FT_ACT_RELU: return ft_relu_vf(z);
+    case FT_ACT_TANH: return ft_tanh_vf(z);
+    case FT_ACT_SIGMOID: return ft_sigmoid_vf(z);
+    case FT_ACT_SOFTPLUS: return ft_softplus_vf(z);
+    case FT_ACT_GELU: return ft_gelu_vf(z);
+    case FT_ACT_ELU: return ft_elu_vf(z);
+    case FT_ACT_LEAKYRELU: return ft_leakyrelu_vf(z);
+    case FT_ACT_SWISH: return ft_swish_vf(z);
+    default: return z;
+    }
+}
+
+static inline double ft_dact_d(int code, double z)
+{
+    double s, t, u;
+    switch (code) {
+    case FT_ACT_RELU: return z > 0.0 ? 1.0 : 0.0;
+    case FT_ACT_TANH: t = ft_tanh_v(z); return 1.0 - t * t;
+    case FT_ACT_SIGMOID: s = ft_sigmoid_v(z); return s * (1.0 - s);
+    case FT_ACT_SOFTPLUS: return ft_sigmoid_v(z);
+    case FT_ACT_GELU:
+        /* d/dz z s(2u) = s(2u) + z s(2u)(1 - s(2u)) 2u',  u' = k (1 + 3c z^2) */
+        if (z < -30.0) return 0.0;
+        u = FT_GELU_K * (z + FT_GELU_C * z * z * z);
+        s = ft_sigmoid_v(2.0 * u);
+        return s + z * s * (1.0 - s) * 2.0 * FT_GELU_K * (1.0 + 3.0 * FT_GELU_C * z * z);
+    case FT_ACT_ELU: return z > 0.0 ? 1.0 : ft_exp_v(z);
+    case FT_ACT_LEAKYRELU: return z > 0.0 ? 1.0 : FT_LEAKY_SLOPE;
+    case FT_ACT_SWISH: s = ft_sigmoid_v(z); return s + z * s * (1.0 - s);
+    default: return 1.0;
+    }
+}
+
+static inline float ft_dact_f(int code, float z) { return (float)ft_dact_d(code, (double)z); }
+
+/* Expands LOOP(F) once per activation, F being the vectorizable kernel (suffix _v: double,
+ * _vf: float), so that the switch stays outside the loops. */
+#define FT_ACT_DISPATCH_(code, LOOP, SFX)                             \
+    switch (code) {                                                   \
+    case FT_ACT_RELU: LOOP(ft_relu##SFX); break;                      \
+    case FT_ACT_TANH: LOOP(ft_tanh##SFX); break;                      \
+    case FT_ACT_SIGMOID: LOOP(ft_sigmoid##SFX); break;                \
+    case FT_ACT_SOFTPLUS: LOOP(ft_softplus##SFX); break;              \
+    case FT_ACT_GELU: LOOP(ft_gelu##SFX); break;                      \
+    case FT_ACT_ELU: LOOP(ft_elu##SFX); break;                        \
+    case FT_ACT_LEAKYRELU: LOOP(ft_leakyrelu##SFX); break;            \
+    case FT_ACT_SWISH: LOOP(ft_swish##SFX); break;                    \
+    default: LOOP(ft_identity##SFX); break;                           \
+    }
+#define FT_ACT_DISPATCH_d(code, LOOP) FT_ACT_DISPATCH_(code, LOOP, _v)
+#define FT_ACT_DISPATCH_f(code, LOOP) FT_ACT_DISPATCH_(code, LOOP, _vf)
+
+/* ------------------------------------------------------------------ array API */
+
+/* One in-place and one two-output epilogue per dtype; z + b is rounded to T (as the stored
+ * pre-activation) before the activation in both forms. */
+#define FT_DEFINE_BIAS_ACT(T, SFX)                                                           \
+    static FT_CLONES void ft_bias_act_inplace_##SFX(int code, T *y, const T *b,              \
+                                                    ptrdiff_t rows, ptrdiff_t cols)          \
+    {                                                                                        \
+        ptrdiff_t i, j;                                                                      \
+        for (i = 0; i < rows; i++) {                                                         \
+            T *yr = y + i * cols;                                                            \
+            if (b == NULL) {                                                                 \
+                FT_ACT_DISPATCH_##SFX(code, FT_LOOP_INPLACE_)                                      \
+            } else {                                                                         \
+                FT_ACT_DISPATCH_##SFX(code, FT_LOOP_INPLACE_B_)                                    \
+            }                                                                                \
+        }                                                                                    \
+    }                                                                                        \
+    static FT_CLONES void ft_bias_act_pre_##SFX(int code, T *restrict z, const T *restrict b, \
+                                                T *restrict y, ptrdiff_t rows, ptrdiff_t cols) \
+    {                                                                                        \
+        ptrdiff_t i, j;                                                                      \
+        for (i = 0; i < rows; i++) {                                                         \
+            T *restrict zr = z + i * cols;                                                   \
+            T *restrict yr = y + i * cols;                                                   \
+            if (b != NULL)                                                                   \
+                for (j = 0; j < cols; j++) zr[j] += b[j];                                    \
+            FT_ACT_DISPATCH_##SFX(code, FT_LOOP_PRE_)                                              \
+        }                                                                                    \
+    }
+#define FT_LOOP_INPLACE_(F) for (j = 0; j < cols; j++) yr[j] = F(yr[j]);
+#define FT_LOOP_INPLACE_B_(F) for (j = 0; j < cols; j++) yr[j] = F(yr[j] + b[j]);
+#define FT_LOOP_PRE_(F) for (j = 0; j < cols; j++) yr[j] = F(zr[j]);
+
+/* y[i, j] = act(y[i, j] + b[j])   (b may be NULL) */
+/* z[i, j] += b[j]; y[i, j] = act(z[i, j])   (b may be NULL; z, y distinct) */
+FT_DEFINE_BIAS_ACT(float, f)
+FT_DEFINE_BIAS_ACT(double, d)
+
+FT_VECTORIZE_END
+
+#endif /* FLUXTREE_ACT_H */
