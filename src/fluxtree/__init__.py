@@ -4,6 +4,7 @@
 >>> ft.fmap(lambda v: v + 1, {"a": 1, "b": (2, 3)})
 {'a': 2, 'b': (3, 4)}
 """
+from . import nn as nn
 from .data import DataLoader as DataLoader
 from .flat import AliasWarning as AliasWarning
 from .flat import Restructure as Restructure
@@ -37,6 +38,25 @@ from .io import load as load
 from .io import loadmodel_ as loadmodel_
 from .io import save as save
 from .io import state as state
+from .nn import BatchNorm as BatchNorm
+from .nn import Chain as Chain
+from .nn import Dense as Dense
+from .nn import Dropout as Dropout
+from .nn import elu as elu
+from .nn import gelu as gelu
+from .nn import glorot_normal as glorot_normal
+from .nn import glorot_uniform as glorot_uniform
+from .nn import identity as identity
+from .nn import leakyrelu as leakyrelu
+from .nn import ones32 as ones32
+from .nn import relu as relu
+from .nn import sigmoid as sigmoid
+from .nn import softplus as softplus
+from .nn import swish as swish
+from .nn import tanh as tanh
+from .nn import testmode_ as testmode_
+from .nn import trainmode_ as trainmode_
+from .nn import zeros32 as zeros32
 from .precision import f16 as f16
 from .precision import f32 as f32
 from .precision import f64 as f64

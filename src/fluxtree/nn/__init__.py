@@ -1,0 +1,25 @@
+"""Layers, activations, initialisers and train/test mode (Flux's model building blocks)."""
+from .activations import Activation as Activation
+from .activations import elu as elu
+from .activations import gelu as gelu
+from .activations import identity as identity
+from .activations import leakyrelu as leakyrelu
+from .activations import relu as relu
+from .activations import sigmoid as sigmoid
+from .activations import softplus as softplus
+from .activations import swish as swish
+from .activations import tanh as tanh
+from .init import glorot_normal as glorot_normal
+from .init import glorot_uniform as glorot_uniform
+from .init import ones32 as ones32
+from .init import zeros32 as zeros32
+from .layers import BatchNorm as BatchNorm
+from .layers import Chain as Chain
+from .layers import Colon as Colon
+from .layers import Dense as Dense
+from .layers import Dropout as Dropout
+from .layers import PrecisionWarning as PrecisionWarning
+from .layers import colon as colon
+from .mode import testmode_ as testmode_
+from .mode import trainmode_ as trainmode_
+from .mode import training as training
