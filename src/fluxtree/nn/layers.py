@@ -118,6 +118,16 @@ class Dense:
 
     def __call__(self, x: Any) -> np.ndarray:
         w = self.weight
+        b = self.bias
+        if (type(x) is np.ndarray and x.ndim == 2 and x.dtype is w.dtype  # the hot path
+                and w.dtype in _KERNEL_DTYPES and x.shape[1] == w.shape[1]
+                and x.flags.c_contiguous and w.flags.c_contiguous
+                and (b is False or (b.dtype is w.dtype and b.flags.c_contiguous))):
+            code = activation_code(self.activation)
+            out = np.empty((x.shape[0], w.shape[0]), w.dtype)
+            _dense.dense_forward(x, w, None if b is False else b, 0 if code is None else code,
+                                 out)
+            return out if code is not None else self.activation(out)
         x = _as_input(x, w.dtype, self)
         if x.ndim == 0 or x.shape[-1] != w.shape[1]:
             raise ValueError(f"{self!r} expects an input with {w.shape[1]} features on its "
