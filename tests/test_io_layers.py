@@ -109,9 +109,6 @@ def test_seed_state_of_chain():
     assert ft.state(ft.Dense(2, 1, ft.identity))["activation"] == ()
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a layer built without an activation stores "
-                   "act=None, which state keeps as None; the seed shows σ = () for "
-                   "Dense(2, 1; init=ones) and λ = () for BatchNorm(1) (identity is a function)")
 def test_seed_state_default_activation_is_empty_tuple():
     s = ft.state(seed_m1())
     assert s["layers"][1]["activation"] == ()
@@ -131,7 +128,7 @@ def test_seed_loadmodel_from_state():
     assert m2[0].bias.tolist() == [0.0, 0.0]
     assert m2[1].weight.tolist() == [[1.0, 1.0]]
     assert m2[1].bias is False                        # an array loads into False as nothing
-    assert m2[0].activation is ft.tanh and m2[1].activation is None
+    assert m2[0].activation is ft.tanh and m2[1].activation is ft.identity
     # the source is not touched and shares nothing with the destination
     assert s["layers"][0]["weight"] is m1[0].weight
     assert not np.shares_memory(m1[0].weight, m2[0].weight)
@@ -155,7 +152,7 @@ def test_seed_state_of_batchnorm():
     assert s["eps"] == pytest.approx(1e-5) and s["momentum"] == pytest.approx(0.1)
     assert s["affine"] is True and s["track_stats"] is True
     assert s["active"] is None and s["channels"] == 1
-    assert s["activation"] in ((), None)     # () per the seed: see the xfail test above
+    assert s["activation"] == ()
 
 
 @pytest.mark.parametrize("ext", EXTS)
@@ -251,7 +248,7 @@ def test_state_case8_parallel_with_false_bias():
     s = ft.state(m1)
     assert list(s) == ["layers"]
     assert type(s["layers"]) is tuple and len(s["layers"]) == 2
-    assert s["layers"][0]["activation"] in ((), None)   # () per the seed: see the xfail test
+    assert s["layers"][0]["activation"] == ()
     assert s["layers"][1]["connection"] == ()
     assert s["layers"][1]["layers"][0]["bias"] is False
     assert s["layers"][1]["layers"][0]["weight"] is m1[1][0].weight
@@ -279,7 +276,7 @@ def test_loadmodel_case1_weights_copied_activation_kept():
     for a, b in zip(arrays_of(m1), arrays_of(m2)):
         assert np.array_equal(a, b)
     assert [id(a) for a in arrays_of(m1)] == ids
-    assert m1[1].activation is ft.relu and m2[1].activation is None
+    assert m1[1].activation is ft.relu and m2[1].activation is ft.identity
     x = rng_input(4, 10)
     assert np.array_equal(m1(x), ft.relu(m2(x)))
 

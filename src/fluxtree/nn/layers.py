@@ -16,7 +16,7 @@ import numpy as np
 from .. import functors
 from .._kernels import _batchnorm, _dense
 from . import show
-from .activations import activation_code, activation_name
+from .activations import activation_code, activation_name, identity
 from .init import glorot_uniform
 from .mode import is_training
 
@@ -112,7 +112,9 @@ class Dense:
             if bias.shape != (n_out,):
                 raise ValueError(f"Dense: expected bias of shape ({n_out},), got shape "
                                  f"{bias.shape}.")
-        if activation is not None and not callable(activation):
+        if activation is None:
+            activation = identity
+        elif not callable(activation):
             raise TypeError(f"Dense: the activation must be callable, got {activation!r}.")
         self.weight, self.bias, self.activation = weight, bias, activation
 
@@ -146,8 +148,7 @@ class Dense:
             out = x2 @ w.T
             if b is not None:
                 out += b
-            if self.activation is not None:
-                out = self.activation(out)
+            out = self.activation(out)
         return out.reshape(*lead, w.shape[0])
 
     def __repr__(self) -> str:
@@ -201,7 +202,9 @@ class BatchNorm:
         if active is not None and type(active) is not bool:
             raise TypeError(f"BatchNorm: active must be True, False or None, got {active!r}.")
         c = int(channels)
-        self.activation = act
+        if act is not None and not callable(act):
+            raise TypeError(f"BatchNorm: the activation must be callable, got {act!r}.")
+        self.activation = identity if act is None else act
         self.beta = np.zeros(c, np.float32) if affine else None
         self.gamma = np.ones(c, np.float32) if affine else None
         self.running_mean = np.zeros(c, np.float32) if track_stats else None
@@ -245,7 +248,7 @@ class BatchNorm:
                 out = self.activation(out)
         else:                          # float16 or mixed dtypes: NumPy
             out = self._numpy_forward(x3, train, m)
-            if self.activation is not None:
+            if code != 0:
                 out = self.activation(out)
         return out.reshape(x.shape)
 
