@@ -4,8 +4,9 @@ Inputs are validated by the Python layer: x (B, in), W (out_features, in), b
 (out_features,) or None, out and pre (B, out_features), all C-contiguous ndarrays of one
 dtype, float32 or float64; out and pre distinct and not overlapping the inputs.
 Activation codes: 0 identity, 1 relu, 2 tanh, 3 sigmoid, 4 softplus, 5 gelu (tanh form),
-6 elu, 7 leakyrelu (0.01), 8 swish.  ``nthreads=0`` means OpenMP's maximum; threads are
-used for the bias/activation pass only above ``PARALLEL_MIN_BYTES`` of output.
+6 elu, 7 leakyrelu (0.01), 8 swish.  The bias/activation pass is serial by default
+(``nthreads=0``); ``nthreads > 1`` splits it over OpenMP threads above ``PARALLEL_MIN_BYTES``
+of output (it competed with OpenBLAS's spinning workers when left on by default).
 """
 
 from typing import Any
