@@ -500,6 +500,17 @@ cdef object _cycle_error():
 # ----------------------------------------------------------------------------
 # pairing the other trees' children with the first tree's
 # ----------------------------------------------------------------------------
+cdef object _by_position(NodeDef d, object x, object y):
+    """The children of ``y`` to pair by position with those of the sequence-like node ``x``
+    (a tuple, list, or custom node with positional children); None when ``y`` has none."""
+    if d.kind == K_CUSTOM and type(y) is type(x):
+        return _custom_children(d, y)
+    cdef int yk = lookup(y).kind
+    if yk == K_TUPLE or yk == K_LIST or yk == K_NAMEDTUPLE:
+        return y
+    return None
+
+
 cdef tuple _paired(NodeDef d, object x, object xch, list keys, tuple ys):
     """For each other tree, the tuple of its children aligned to ``keys``."""
     cdef Py_ssize_t i, n = len(keys)
@@ -509,11 +520,8 @@ cdef tuple _paired(NodeDef d, object x, object xch, list keys, tuple ys):
         y = ys[i]
         yd = lookup(y)
         if d.kind == K_TUPLE or d.kind == K_LIST or (d.kind == K_CUSTOM and type(xch) is not dict):
-            if d.kind == K_CUSTOM and type(y) is type(x):
-                seq = _custom_children(d, y)
-            elif yd.kind == K_TUPLE or yd.kind == K_LIST or yd.kind == K_NAMEDTUPLE:
-                seq = y
-            else:
+            seq = _by_position(d, x, y)
+            if seq is None:
                 raise TreeError(TypeError,
                     f"tree {i + 2} holds a value of type {type(y).__name__} at {{path}}, "
                     f"where tree 1 has the sequence node {type(x).__name__}.")
@@ -1417,7 +1425,6 @@ cdef class ParamPairer:
         cdef Py_ssize_t i, n
         cdef object cur = _NOKEY
         cdef bint attr = k == K_RECORD or k == K_NAMEDTUPLE
-        cdef NodeDef td
         if t is not None and not d.has_trainable and self.same_shape_node(d, m, t):
             return
         allowed = _trainable_names(d, m) if d.has_trainable else None
@@ -1445,12 +1452,8 @@ cdef class ParamPairer:
         if t is None:
             tvals = None
         elif keys is None or (k == K_CUSTOM and type(mch) is not dict):
-            td = lookup(t)
-            if k == K_CUSTOM and type(t) is type(m):
-                tvals = _custom_children(d, t)
-            elif td.kind == K_TUPLE or td.kind == K_LIST or td.kind == K_NAMEDTUPLE:
-                tvals = t
-            else:
+            tvals = _by_position(d, m, t)
+            if tvals is None:
                 raise TreeError(TypeError,
                     f"expected a sequence like the model's {type(m).__name__} at {{path}}, "
                     f"got {type(t).__name__}.")
