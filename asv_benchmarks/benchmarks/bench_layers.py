@@ -29,8 +29,9 @@ and one run):
 ``_batchnorm.batchnorm_forward`` into a preallocated ``out``), so that the layer's Python
 overhead is ``time_fluxtree - time_fluxtree_kernel`` (allocation of ``out`` included).
 
-Threads: ``common.py`` pins BLAS/OpenMP (and here torch and XLA's CPU pool) to 1.  The
-``*2T`` classes take the two largest sizes with 2 threads: threadpoolctl raises every
+Threads: ``common.py`` pins BLAS/OpenMP (and here torch and XLA's CPU pool, see
+``jax_pin_threads``) to 1.  The ``*2T`` classes take the two largest sizes with 2
+threads: threadpoolctl raises every
 BLAS/OpenMP pool to 2 (fluxtree's gemm through SciPy's OpenBLAS and its OpenMP epilogue,
 NumPy's OpenBLAS) and ``torch.set_num_threads(2)``.  XLA's pool is fixed when jax starts,
 so jax runs only in the 1-thread classes.
@@ -88,6 +89,34 @@ BN_SIZES = {
 }
 DENSE_LARGE = list(DENSE_SIZES)[-2:]
 BN_LARGE = list(BN_SIZES)[-2:]
+
+
+_JAX_PINNED: list = []
+
+
+def jax_pin_threads(n: int | None = None) -> None:
+    """Start jax's CPU backend with its thread pool sized to ``n`` CPUs (default: the pin).
+
+    ``XLA_FLAGS`` above is not honoured by recent XLA CPU runtimes (jax 0.10 ran a 1024 x
+    1024 jitted matmul on 2 cores with it set); the pool is sized from the CPU affinity
+    when the backend starts.  So the process is confined to ``n`` CPUs while the backend
+    starts and runs one computation, then the affinity is restored: only XLA's pool keeps
+    the limit.  Once per process; a no-op where affinity cannot be set.
+    """
+    if _JAX_PINNED or jax is None:
+        return
+    _JAX_PINNED.append(True)
+    n = int(_THREADS) if n is None else n
+    if n <= 0 or not hasattr(os, "sched_setaffinity"):
+        return
+    cpus = os.sched_getaffinity(0)
+    if len(cpus) <= n:
+        return
+    os.sched_setaffinity(0, set(sorted(cpus)[:n]))
+    try:
+        jax.jit(lambda a: a @ a.T + 1)(jnp.ones((8, 8), jnp.float32)).block_until_ready()
+    finally:
+        os.sched_setaffinity(0, cpus)
 
 
 def _need_torch(*params):
@@ -271,6 +300,7 @@ class DenseForward(_LayerCase):
             self.lin.bias.copy_(self.tb)
 
     def _jax_setup(self):
+        jax_pin_threads()
         self.jx, self.jw, self.jb = (jax.device_put(a) for a in (self.x, self.w, self.b))
         self.jit_dense = jax_dense_fn()
         self.jit_dense(self.jx, self.jw, self.jb).block_until_ready()      # compile now
@@ -339,6 +369,7 @@ class BatchNormForward(_LayerCase):
             self.tbn.bias.copy_(self.tbeta)
 
     def _jax_setup(self):
+        jax_pin_threads()
         self.jargs = tuple(jax.device_put(a) for a in
                            (self.x, self.gamma, self.beta, self.rm, self.rv))
         self.jit_bn = jax_batchnorm_fn()
