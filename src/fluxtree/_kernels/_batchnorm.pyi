@@ -32,3 +32,7 @@ def batchnorm_forward(
     nthreads: int = 0,
 ) -> None:
     """out := act(gamma * (x - mean) / sqrt(var + eps) + beta); if training and running stats: rm := (1-momentum) rm + momentum mean, rv := (1-momentum) rv + momentum m/(m-1) var"""
+
+def batchnorm_apply(x: Any, gamma: Any, beta: Any, running_mean: Any, running_var: Any,
+                    eps: float, momentum: float, training: bool, act: int) -> NDArray[Any] | None:
+    """batchnorm_forward into a new array shaped like x, or None unless all is kernel-ready"""

@@ -269,3 +269,46 @@ def batchnorm_forward(cnp.ndarray x, cnp.ndarray gamma, cnp.ndarray beta,
         _update(running_mean, mean, 1.0, momentum, C)
         _update(running_var, var, m / (m - 1.0), momentum, C)
     free(work)
+
+
+cdef inline bint _ready(object a, int typ, int ndim) noexcept:
+    """``a`` is an aligned, native, C-contiguous ndarray of type number ``typ`` and ``ndim``."""
+    return (type(a) is cnp.ndarray and cnp.PyArray_TYPE(<cnp.ndarray>a) == typ
+            and cnp.PyArray_NDIM(<cnp.ndarray>a) == ndim
+            and cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>a)
+            and cnp.PyArray_ISALIGNED(<cnp.ndarray>a)
+            and cnp.PyArray_ISNOTSWAPPED(<cnp.ndarray>a))
+
+
+def batchnorm_apply(object x, object gamma, object beta, object running_mean,
+                    object running_var, double eps, double momentum, bint training, int act):
+    """batchnorm_forward into a new array shaped like x, or None unless all is kernel-ready
+
+    Ready means: x a native C-contiguous float32/float64 array of ndim >= 2, every parameter
+    None or a 1-D array of x's dtype and length x.shape[1], and more than one value per
+    channel when training; a None answer sends the layer to its general path."""
+    cdef int typ, nd
+    cdef Py_ssize_t C, S = 1, k
+    cdef cnp.npy_intp dims[3]
+    if type(x) is not cnp.ndarray:
+        return None
+    typ = cnp.PyArray_TYPE(<cnp.ndarray>x)
+    nd = cnp.PyArray_NDIM(<cnp.ndarray>x)
+    if (typ != cnp.NPY_FLOAT and typ != cnp.NPY_DOUBLE) or nd < 2 or not _ready(x, typ, nd):
+        return None
+    C = cnp.PyArray_DIM(<cnp.ndarray>x, 1)
+    for a in (gamma, beta, running_mean, running_var):
+        if a is not None and (not _ready(a, typ, 1) or cnp.PyArray_DIM(<cnp.ndarray>a, 0) != C):
+            return None
+    for k in range(2, nd):
+        S *= cnp.PyArray_DIM(<cnp.ndarray>x, k)
+    if training and cnp.PyArray_DIM(<cnp.ndarray>x, 0) * S <= 1:
+        return None
+    dims[0] = cnp.PyArray_DIM(<cnp.ndarray>x, 0)
+    dims[1] = C
+    dims[2] = S
+    x3 = x.reshape(dims[0], C, S)
+    out = cnp.PyArray_EMPTY(nd, cnp.PyArray_DIMS(<cnp.ndarray>x), typ, 0)
+    batchnorm_forward(x3, gamma, beta, running_mean, running_var, eps, momentum, training,
+                      act, out.reshape(dims[0], C, S))
+    return out

@@ -29,3 +29,6 @@ def dense_forward(
 
 def act_scalar(act: int, z: float, *, derivative: bool = False, single: bool = False) -> float:
     """act(z), or d act/dz with derivative=True (float32 functions with single=True)"""
+
+def dense_apply(x: Any, W: Any, b: Any, act: int) -> NDArray[Any] | None:
+    """act(x . W^T + b) as a new array, or None unless every operand is kernel-ready"""

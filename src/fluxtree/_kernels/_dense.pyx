@@ -116,3 +116,39 @@ def act_scalar(int act, double z, *, bint derivative=False, bint single=False):
     if single:
         return ft_dact_f(act, <float>z) if derivative else ft_act_f(act, <float>z)
     return ft_dact_d(act, z) if derivative else ft_act_d(act, z)
+
+
+cdef inline bint _ready(object a, int typ, int ndim) noexcept:
+    """``a`` is an aligned, native, C-contiguous ndarray of type number ``typ`` and ``ndim``."""
+    return (type(a) is cnp.ndarray and cnp.PyArray_TYPE(<cnp.ndarray>a) == typ
+            and cnp.PyArray_NDIM(<cnp.ndarray>a) == ndim
+            and cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>a)
+            and cnp.PyArray_ISALIGNED(<cnp.ndarray>a)
+            and cnp.PyArray_ISNOTSWAPPED(<cnp.ndarray>a))
+
+
+def dense_apply(object x, object W, object b, int act):
+    """act(x . W^T + b) as a new array, or None unless every operand is kernel-ready
+
+    The layer's fast path: the checks (type, dtype, shapes, contiguity, byte order) run in
+    C and a None answer sends the caller to its general path, which converts and
+    validates."""
+    cdef int typ
+    cdef Py_ssize_t B, nout
+    cdef cnp.npy_intp dims[2]
+    if type(W) is not cnp.ndarray:
+        return None
+    typ = cnp.PyArray_TYPE(<cnp.ndarray>W)
+    if (typ != cnp.NPY_FLOAT and typ != cnp.NPY_DOUBLE) or not _ready(W, typ, 2):
+        return None
+    if not _ready(x, typ, 2) or cnp.PyArray_DIM(<cnp.ndarray>x, 1) != cnp.PyArray_DIM(<cnp.ndarray>W, 1):
+        return None
+    nout = cnp.PyArray_DIM(<cnp.ndarray>W, 0)
+    if b is not None and (not _ready(b, typ, 1) or cnp.PyArray_DIM(<cnp.ndarray>b, 0) != nout):
+        return None
+    B = cnp.PyArray_DIM(<cnp.ndarray>x, 0)
+    dims[0] = B
+    dims[1] = nout
+    out = cnp.PyArray_EMPTY(2, dims, typ, 0)
+    dense_forward(x, W, b, act, out)
+    return out

@@ -22,8 +22,7 @@ from .mode import is_training
 
 __all__ = ["BatchNorm", "Chain", "Colon", "Dense", "Dropout", "PrecisionWarning", "colon"]
 
-_F32, _F64 = np.dtype(np.float32), np.dtype(np.float64)
-_KERNEL_DTYPES = (_F32, _F64)
+_KERNEL_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 class PrecisionWarning(UserWarning):
@@ -122,15 +121,9 @@ class Dense:
     def __call__(self, x: Any) -> np.ndarray:
         w = self.weight
         b = self.bias
-        wt = w.dtype
-        if (type(x) is np.ndarray and x.dtype is wt and (wt is _F32 or wt is _F64)  # hot path
-                and x.ndim == 2 and x.shape[1] == w.shape[1]
-                and x.flags.c_contiguous and w.flags.c_contiguous
-                and (b is False or (b.dtype is wt and b.flags.c_contiguous))):
-            code = activation_code(self.activation)
-            out = np.empty((x.shape[0], w.shape[0]), wt)
-            _dense.dense_forward(x, w, None if b is False else b, 0 if code is None else code,
-                                 out)
+        code = activation_code(self.activation)
+        out = _dense.dense_apply(x, w, None if b is False else b, 0 if code is None else code)
+        if out is not None:                     # the hot path: checks made in C
             return out if code is not None else self.activation(out)
         x = _as_input(x, w.dtype, self)
         if x.ndim == 0 or x.shape[-1] != w.shape[1]:
@@ -224,16 +217,6 @@ class BatchNorm:
             f"of shape {x.shape}. The batch variance of a single value is undefined; use "
             f"a larger batch or call testmode_ for inference.")
 
-    @property
-    def _uniform(self) -> np.dtype | None:
-        """The dtype shared by all of the layer's arrays (all C-contiguous), else None."""
-        arrays = [a for a in (self.gamma, self.beta, self.running_mean, self.running_var)
-                  if a is not None]
-        if not arrays or not all(a.flags.c_contiguous and a.dtype is arrays[0].dtype
-                                 for a in arrays):
-            return None
-        return arrays[0].dtype
-
     def _dtype(self, x: np.ndarray) -> np.dtype:
         for a in (self.gamma, self.running_mean):
             if a is not None:
@@ -241,20 +224,12 @@ class BatchNorm:
         return x.dtype if x.dtype in _KERNEL_DTYPES else np.dtype(np.float32)
 
     def __call__(self, x: Any) -> np.ndarray:
-        g, rm = self.gamma, self.running_mean
-        dt = g.dtype if g is not None else (rm.dtype if rm is not None else None)
-        if (type(x) is np.ndarray and x.dtype is dt and (dt is _F32 or dt is _F64)  # hot path
-                and x.ndim >= 2 and x.shape[1] == self.channels and x.flags.c_contiguous
-                and self._uniform is dt):
-            train = is_training(self.active)
-            if train and x.size <= self.channels:
-                self._too_small(x)
-            code = activation_code(self.activation)
-            out = np.empty(x.shape, dt)
-            shape3 = (x.shape[0], self.channels, -1)
-            _batchnorm.batchnorm_forward(
-                x.reshape(shape3), g, self.beta, rm, self.running_var, self.eps,
-                self.momentum, train, 0 if code is None else code, out.reshape(shape3))
+        train = is_training(self.active)
+        code = activation_code(self.activation)
+        out = _batchnorm.batchnorm_apply(x, self.gamma, self.beta, self.running_mean,
+                                         self.running_var, self.eps, self.momentum, train,
+                                         0 if code is None else code)
+        if out is not None:                     # the hot path: checks made in C
             return out if code is not None else self.activation(out)
         x = np.asarray(x)
         x = _as_input(x, self._dtype(x), self)
