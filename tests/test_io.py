@@ -784,7 +784,7 @@ def test_failed_save_leaves_existing_file(tmp_path, ext, monkeypatch):
     path = saved(tmp_path, ext)
     before = path.read_bytes()
     calls = []
-    real = fio._write_all
+    real = fio.checkpoint._write_all
 
     def failing(fd, data, wb=None):
         calls.append(1)
@@ -793,7 +793,7 @@ def test_failed_save_leaves_existing_file(tmp_path, ext, monkeypatch):
             raise OSError("disk full (simulated)")
         real(fd, data, wb)
 
-    monkeypatch.setattr(fio, "_write_all", failing)
+    monkeypatch.setattr(fio.checkpoint, "_write_all", failing)
     with pytest.raises(OSError, match="disk full"):
         ft.save(path, {"w": np.zeros(5000), "b": (np.zeros(3), "y")})
     assert path.read_bytes() == before
