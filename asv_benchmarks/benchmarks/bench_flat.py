@@ -19,7 +19,8 @@ library default runs them on one thread.  ``FlatLarge2T`` / ``FlatMixed2T`` rais
 OpenMP limit to 2 (threadpoolctl, and ``torch.set_num_threads(2)``, which shares the same
 libgomp) so that fluxtree's unchanged default uses 2 threads, and compare it with torch's
 2-thread ``copy_``/``cat`` and the single-threaded ``np.copyto``.  jax runs only in the
-1-thread classes, with XLA's CPU pool pinned to one thread through ``XLA_FLAGS``.
+1-thread classes, with XLA's CPU pool pinned to one thread by ``common.py`` (the CPU
+affinity while jax starts).
 
 Anchors sit in the same class as the fluxtree methods, so every ratio comes from one
 machine and one run; ``track_*`` methods report ns per leaf, GB/s and the ratios.
@@ -27,52 +28,26 @@ Leaves are 1-D, so the NumPy floor (``np.concatenate`` / ``np.split``) needs no 
 """
 from __future__ import annotations
 
-import os
-
 from .common import (
     Benchmark,
+    _flatten_dense_tensors,
+    _unflatten_dense_tensors,
     flat_large_tree,
     flat_leaves,
     flat_mixed_tree,
     flat_small_tree,
     ft,
+    jax,
     median_seconds,
+    need_jax,
+    need_torch,
     np,
+    parameters_to_vector,
+    ravel_pytree,
+    threadpool_limits,
+    torch,
+    vector_to_parameters,
 )
-
-if os.environ.get("FLUXTREE_BENCH_THREADS", "1") != "0":
-    # XLA's CPU thread pool ignores OMP_NUM_THREADS; read when jax's backend starts
-    os.environ.setdefault(
-        "XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads="
-        + os.environ.get("FLUXTREE_BENCH_THREADS", "1"))
-
-try:
-    import torch
-    from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
-    from torch.nn.utils import parameters_to_vector, vector_to_parameters
-except Exception:  # pragma: no cover - torch is an optional anchor
-    torch = None
-
-try:
-    import jax
-    from jax.flatten_util import ravel_pytree
-except Exception:  # pragma: no cover - jax is an optional anchor
-    jax = None
-
-try:
-    from threadpoolctl import threadpool_limits
-except ImportError:  # pragma: no cover
-    threadpool_limits = None
-
-
-def _need_torch(*params):
-    if torch is None:
-        raise NotImplementedError("torch is not installed")
-
-
-def _need_jax(*params):
-    if jax is None:
-        raise NotImplementedError("jax is not installed")
 
 
 def _best(fns):
@@ -166,32 +141,32 @@ class _FlatCase(Benchmark):
     def time_torch_parameters_to_vector(self, *p):
         parameters_to_vector(self.ts)
 
-    time_torch_parameters_to_vector.setup = _need_torch
+    time_torch_parameters_to_vector.setup = need_torch
 
     def time_torch_cat(self, *p):
         torch.cat([t.view(-1) for t in self.ts])
 
-    time_torch_cat.setup = _need_torch
+    time_torch_cat.setup = need_torch
 
     def time_torch_cat_out(self, *p):
         torch.cat(self.tg, out=self.tbuf)
 
-    time_torch_cat_out.setup = _need_torch
+    time_torch_cat_out.setup = need_torch
 
     def time_torch_flatten_dense_tensors(self, *p):
         _flatten_dense_tensors(self.ts)
 
-    time_torch_flatten_dense_tensors.setup = _need_torch
+    time_torch_flatten_dense_tensors.setup = need_torch
 
     def time_torch_vector_to_parameters(self, *p):
         vector_to_parameters(self.tvec, self.tparams)
 
-    time_torch_vector_to_parameters.setup = _need_torch
+    time_torch_vector_to_parameters.setup = need_torch
 
     def time_torch_unflatten_dense_tensors(self, *p):
         _unflatten_dense_tensors(self.tvec, self.ts)
 
-    time_torch_unflatten_dense_tensors.setup = _need_torch
+    time_torch_unflatten_dense_tensors.setup = need_torch
 
     # -- the anchors' fastest spellings, as callables (for the track_* ratios) ----------
     def _torch_from_scratch(self):
@@ -245,7 +220,7 @@ class _WithJax:
 
     for _m in (time_jax_ravel_pytree, time_jax_jit_ravel, time_jax_unravel,
                time_jax_jit_unravel):
-        _m.setup = _need_jax
+        _m.setup = need_jax
     del _m
 
 
@@ -271,7 +246,7 @@ class FlatSmall(_WithJax, _FlatCase):
     def time_torch_unflatten_dense_tensors_copy(self, tree):
         _unflatten_dense_tensors(self.tvec.clone(), self.ts)
 
-    time_torch_unflatten_dense_tensors_copy.setup = _need_torch
+    time_torch_unflatten_dense_tensors_copy.setup = need_torch
 
     # -- ns per leaf and ratios, measured in-process (median of repeats) ----------------
     def _ns_per_leaf(self, fn):
@@ -355,7 +330,7 @@ class _Bandwidth(_FlatCase):
     def time_torch_copy_(self, *p):
         self.tbuf.copy_(self.tsrc)
 
-    time_torch_copy_.setup = _need_torch
+    time_torch_copy_.setup = need_torch
 
     def time_torch_leafwise_copy_(self, *p):
         """Scatter back into the existing tensors (casting), torch's in-place rebuild."""
@@ -363,7 +338,7 @@ class _Bandwidth(_FlatCase):
         for t, a, b in zip(self.tdst, self.bounds, self.bounds[1:]):
             t.copy_(tvec[a:b])
 
-    time_torch_leafwise_copy_.setup = _need_torch
+    time_torch_leafwise_copy_.setup = need_torch
 
     def time_numpy_rebuild_copy(self, *p):
         v = self.v

@@ -29,8 +29,8 @@ and one run):
 ``_batchnorm.batchnorm_forward`` into a preallocated ``out``), so that the layer's Python
 overhead is ``time_fluxtree - time_fluxtree_kernel`` (allocation of ``out`` included).
 
-Threads: ``common.py`` pins BLAS/OpenMP (and here torch and XLA's CPU pool, see
-``jax_pin_threads``) to 1.  The ``*2T`` classes take the two largest sizes with 2
+Threads: ``common.py`` pins BLAS/OpenMP and XLA's CPU pool (the CPU affinity while jax
+starts) to 1, and here torch too.  The ``*2T`` classes take the two largest sizes with 2
 threads: threadpoolctl raises every
 BLAS/OpenMP pool to 2 (fluxtree's gemm through SciPy's OpenBLAS and its OpenMP epilogue,
 NumPy's OpenBLAS) and ``torch.set_num_threads(2)``.  XLA's pool is fixed when jax starts,
@@ -38,33 +38,20 @@ so jax runs only in the 1-thread classes.
 """
 from __future__ import annotations
 
-import os
-
-from .common import Benchmark, ft, median_seconds, np
-
-_THREADS = os.environ.get("FLUXTREE_BENCH_THREADS", "1")
-if _THREADS != "0":
-    # XLA's CPU thread pool ignores OMP_NUM_THREADS; read when jax's backend starts
-    os.environ.setdefault(
-        "XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads="
-        + _THREADS)
-
-try:
-    import torch
-    import torch.nn.functional as F
-except Exception:  # pragma: no cover - torch is an optional anchor
-    torch = None
-
-try:
-    import jax
-    import jax.numpy as jnp
-except Exception:  # pragma: no cover - jax is an optional anchor
-    jax = None
-
-try:
-    from threadpoolctl import threadpool_limits
-except ImportError:  # pragma: no cover
-    threadpool_limits = None
+from .common import (
+    THREADS,
+    Benchmark,
+    F,
+    ft,
+    jax,
+    jnp,
+    median_seconds,
+    need_jax,
+    need_torch,
+    np,
+    threadpool_limits,
+    torch,
+)
 
 try:
     from fluxtree._kernels import _batchnorm, _dense
@@ -89,44 +76,6 @@ BN_SIZES = {
 }
 DENSE_LARGE = list(DENSE_SIZES)[-2:]
 BN_LARGE = list(BN_SIZES)[-2:]
-
-
-_JAX_PINNED: list = []
-
-
-def jax_pin_threads(n: int | None = None) -> None:
-    """Start jax's CPU backend with its thread pool sized to ``n`` CPUs (default: the pin).
-
-    ``XLA_FLAGS`` above is not honoured by recent XLA CPU runtimes (jax 0.10 ran a 1024 x
-    1024 jitted matmul on 2 cores with it set); the pool is sized from the CPU affinity
-    when the backend starts.  So the process is confined to ``n`` CPUs while the backend
-    starts and runs one computation, then the affinity is restored: only XLA's pool keeps
-    the limit.  Once per process; a no-op where affinity cannot be set.
-    """
-    if _JAX_PINNED or jax is None:
-        return
-    _JAX_PINNED.append(True)
-    n = int(_THREADS) if n is None else n
-    if n <= 0 or not hasattr(os, "sched_setaffinity"):
-        return
-    cpus = os.sched_getaffinity(0)
-    if len(cpus) <= n:
-        return
-    os.sched_setaffinity(0, set(sorted(cpus)[:n]))
-    try:
-        jax.jit(lambda a: a @ a.T + 1)(jnp.ones((8, 8), jnp.float32)).block_until_ready()
-    finally:
-        os.sched_setaffinity(0, cpus)
-
-
-def _need_torch(*params):
-    if torch is None:
-        raise NotImplementedError("torch is not installed")
-
-
-def _need_jax(*params):
-    if jax is None:
-        raise NotImplementedError("jax is not installed")
 
 
 def _no_jax(*params):
@@ -237,8 +186,8 @@ class _LayerCase(Benchmark):
             torch.set_grad_enabled(self._grad)
 
     def _threads(self):
-        if torch is not None and _THREADS != "0":
-            torch.set_num_threads(int(_THREADS))
+        if torch is not None and THREADS != "0":
+            torch.set_num_threads(int(THREADS))
 
     def _build(self, size):
         raise NotImplementedError
@@ -300,7 +249,6 @@ class DenseForward(_LayerCase):
             self.lin.bias.copy_(self.tb)
 
     def _jax_setup(self):
-        jax_pin_threads()
         self.jx, self.jw, self.jb = (jax.device_put(a) for a in (self.x, self.w, self.b))
         self.jit_dense = jax_dense_fn()
         self.jit_dense(self.jx, self.jw, self.jb).block_until_ready()      # compile now
@@ -332,17 +280,17 @@ class DenseForward(_LayerCase):
     def time_torch_functional(self, size):
         torch.tanh(F.linear(self.tx, self.tw, self.tb))
 
-    time_torch_functional.setup = _need_torch
+    time_torch_functional.setup = need_torch
 
     def time_torch_module(self, size):
         torch.tanh(self.lin(self.tx))
 
-    time_torch_module.setup = _need_torch
+    time_torch_module.setup = need_torch
 
     def time_jax_jit(self, size):
         self.jit_dense(self.jx, self.jw, self.jb).block_until_ready()
 
-    time_jax_jit.setup = _need_jax
+    time_jax_jit.setup = need_jax
 
 
 # ==========================================================================================
@@ -369,7 +317,6 @@ class BatchNormForward(_LayerCase):
             self.tbn.bias.copy_(self.tbeta)
 
     def _jax_setup(self):
-        jax_pin_threads()
         self.jargs = tuple(jax.device_put(a) for a in
                            (self.x, self.gamma, self.beta, self.rm, self.rv))
         self.jit_bn = jax_batchnorm_fn()
@@ -409,17 +356,17 @@ class BatchNormForward(_LayerCase):
     def time_torch_functional(self, size):
         self._torch_functional()
 
-    time_torch_functional.setup = _need_torch
+    time_torch_functional.setup = need_torch
 
     def time_torch_module(self, size):
         self.tbn(self.tx)
 
-    time_torch_module.setup = _need_torch
+    time_torch_module.setup = need_torch
 
     def time_jax_jit(self, size):
         jax.block_until_ready(self.jit_bn(*self.jargs))
 
-    time_jax_jit.setup = _need_jax
+    time_jax_jit.setup = need_jax
 
 
 # ==========================================================================================
@@ -438,8 +385,8 @@ class _TwoThreads:
 
     def teardown(self, size):
         _LayerCase.teardown(self, size)
-        if torch is not None and _THREADS != "0":
-            torch.set_num_threads(int(_THREADS))
+        if torch is not None and THREADS != "0":
+            torch.set_num_threads(int(THREADS))
         if getattr(self, "_limit", None) is not None:
             self._limit.restore_original_limits()
 

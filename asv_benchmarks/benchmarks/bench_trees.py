@@ -22,6 +22,8 @@ from .common import (
     ft,
     jax_tree_util,
     median_seconds,
+    need_jax,
+    need_optree,
     optree,
     py_leaves,
     py_map,
@@ -29,16 +31,6 @@ from .common import (
 )
 
 TREE_NAMES = list(TREES)
-
-
-def _need_optree(*params):
-    if optree is None:
-        raise NotImplementedError("optree is not installed")
-
-
-def _need_jax(*params):
-    if jax_tree_util is None:
-        raise NotImplementedError("jax is not installed")
 
 
 def _anchors(*pairs):
@@ -68,12 +60,12 @@ class TreeMap(Benchmark):
     def time_optree_tree_map(self, tree):
         optree.tree_map(self.f, self.xa)
 
-    time_optree_tree_map.setup = _need_optree
+    time_optree_tree_map.setup = need_optree
 
     def time_jax_tree_map(self, tree):
         jax_tree_util.tree_map(self.f, self.xa)
 
-    time_jax_tree_map.setup = _need_jax
+    time_jax_tree_map.setup = need_jax
 
     def time_python_recursion(self, tree):
         py_map(self.f, self.xa)
@@ -128,12 +120,12 @@ class TreeMapMulti(Benchmark):
     def time_optree_tree_map2(self, tree):
         optree.tree_map(self.f, self.xa, self.ya)
 
-    time_optree_tree_map2.setup = _need_optree
+    time_optree_tree_map2.setup = need_optree
 
     def time_jax_tree_map2(self, tree):
         jax_tree_util.tree_map(self.f, self.xa, self.ya)
 
-    time_jax_tree_map2.setup = _need_jax
+    time_jax_tree_map2.setup = need_jax
 
     def time_python_recursion2(self, tree):
         py_map2(self.f, self.xa, self.ya)
@@ -174,12 +166,12 @@ class TreeLeaves(Benchmark):
     def time_optree_tree_leaves(self, tree):
         optree.tree_leaves(self.xa)
 
-    time_optree_tree_leaves.setup = _need_optree
+    time_optree_tree_leaves.setup = need_optree
 
     def time_jax_tree_leaves(self, tree):
         jax_tree_util.tree_leaves(self.xa)
 
-    time_jax_tree_leaves.setup = _need_jax
+    time_jax_tree_leaves.setup = need_jax
 
     def time_python_recursion_leaves(self, tree):
         py_leaves(self.xa)

@@ -3,6 +3,12 @@
 Threads are pinned to 1 before NumPy is imported (the env vars) and again through
 threadpoolctl, so BLAS/OpenMP pools cannot add noise or change the ratios between
 runs.  ``FLUXTREE_BENCH_THREADS=N`` overrides the pin (``0`` leaves the pools alone).
+XLA's CPU thread pool (jax) ignores both, so jax is imported and its backend started here,
+once, with the process confined to ``N`` CPUs (see ``_import_jax_pinned``).
+
+The optional anchors (torch, jax, optree, threadpoolctl) are imported here once; each is
+``None`` when missing, and ``need_torch`` / ``need_jax`` / ``need_optree`` (used as a
+benchmark's ``setup``) raise NotImplementedError, which asv reports as "skipped".
 
 ``FLUXTREE_BENCH_PROFILE`` selects the sizes and the statistics:
 
@@ -14,12 +20,13 @@ from __future__ import annotations
 
 import os
 
-_THREADS = os.environ.get("FLUXTREE_BENCH_THREADS", "1")
-if _THREADS != "0":
+#: the thread pin as given ("0": leave every pool alone)
+THREADS = os.environ.get("FLUXTREE_BENCH_THREADS", "1")
+if THREADS != "0":
     for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
                  "BLIS_NUM_THREADS", "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS"):
-        os.environ.setdefault(_var, _THREADS)
-# jax (an optional anchor; only jax.tree_util is used) must not probe for accelerators
+        os.environ.setdefault(_var, THREADS)
+# jax (an optional anchor) must not probe for accelerators
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import timeit  # noqa: E402
@@ -33,8 +40,8 @@ except ImportError:  # pragma: no cover - the env vars above still apply
     threadpool_limits = None
 
 #: kept alive for the whole process: the limit lasts as long as this object
-_POOL_LIMIT = (threadpool_limits(limits=int(_THREADS))
-               if threadpool_limits is not None and _THREADS != "0" else None)
+_POOL_LIMIT = (threadpool_limits(limits=int(THREADS))
+               if threadpool_limits is not None and THREADS != "0" else None)
 
 import fluxtree as ft  # noqa: E402
 
@@ -60,7 +67,7 @@ class Benchmark:
 
 
 # ----------------------------------------------------------------------------
-# optional anchors
+# optional anchors: imported once here, None when missing
 # ----------------------------------------------------------------------------
 def optional_import(name: str) -> Any:
     """The module ``name``, or raise NotImplementedError (asv reports "skipped")."""
@@ -76,10 +83,72 @@ try:
 except ImportError:  # pragma: no cover - optree is in the [bench] extra
     optree = None
 
+# torch before jax: its pools must not start inside jax's CPU-affinity window below
 try:
-    import jax.tree_util as jax_tree_util
-except Exception:  # pragma: no cover
-    jax_tree_util = None
+    import torch
+    import torch.nn.functional as F
+    from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+    from torch.nn.utils import parameters_to_vector, vector_to_parameters
+except Exception:  # pragma: no cover - torch is an optional anchor
+    torch = F = None
+    _flatten_dense_tensors = _unflatten_dense_tensors = None
+    parameters_to_vector = vector_to_parameters = None
+
+
+def _import_jax_pinned(n: int):
+    """Import jax and start its CPU backend with XLA's thread pool sized to ``n`` CPUs.
+
+    XLA's CPU runtime ignores ``OMP_NUM_THREADS`` and, in jax 0.10, ``XLA_FLAGS``'
+    ``intra_op_parallelism_threads`` (a 1024 x 1024 jitted matmul ran on 2 cores with it
+    set); it sizes its pool from the CPU affinity when the backend starts.  So the process
+    is confined to ``n`` CPUs while jax is imported and runs one computation, then the
+    affinity is restored: only XLA's pool keeps the limit.  NumPy, SciPy, fluxtree and
+    torch are already loaded, so their pools are sized outside the window.  ``n <= 0``, or
+    a platform without ``sched_setaffinity``, imports jax unpinned.
+    """
+    cpus = (os.sched_getaffinity(0)
+            if n > 0 and hasattr(os, "sched_setaffinity") else None)
+    if cpus is not None and len(cpus) > n:
+        os.sched_setaffinity(0, set(sorted(cpus)[:n]))
+    else:
+        cpus = None
+    try:
+        import jax
+        import jax.flatten_util
+        import jax.numpy as jnp
+        import jax.tree_util
+        jax.jit(lambda a: a @ a.T + 1)(jnp.ones((8, 8), jnp.float32)).block_until_ready()
+    finally:
+        if cpus is not None:
+            os.sched_setaffinity(0, cpus)
+    return jax
+
+
+try:
+    jax = _import_jax_pinned(int(THREADS))
+    jnp = jax.numpy
+    jax_tree_util = jax.tree_util
+    ravel_pytree = jax.flatten_util.ravel_pytree
+except Exception:  # pragma: no cover - jax is an optional anchor
+    jax = jnp = jax_tree_util = ravel_pytree = None
+
+
+def need_torch(*params) -> None:
+    """A benchmark ``setup``: skip unless torch is installed."""
+    if torch is None:
+        raise NotImplementedError("torch is not installed")
+
+
+def need_jax(*params) -> None:
+    """A benchmark ``setup``: skip unless jax is installed."""
+    if jax is None:
+        raise NotImplementedError("jax is not installed")
+
+
+def need_optree(*params) -> None:
+    """A benchmark ``setup``: skip unless optree is installed."""
+    if optree is None:
+        raise NotImplementedError("optree is not installed")
 
 
 # ----------------------------------------------------------------------------
