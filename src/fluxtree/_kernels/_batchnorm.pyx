@@ -17,6 +17,8 @@ from cython.parallel cimport prange
 from libc.math cimport sqrt
 from libc.stdlib cimport free, malloc
 
+from fluxtree._kernels._arrays cimport ready
+
 cnp.import_array()
 
 cdef extern from "fluxtree/act.h" nogil:
@@ -271,15 +273,6 @@ def batchnorm_forward(cnp.ndarray x, cnp.ndarray gamma, cnp.ndarray beta,
     free(work)
 
 
-cdef inline bint _ready(object a, int typ, int ndim) noexcept:
-    """``a`` is an aligned, native, C-contiguous ndarray of type number ``typ`` and ``ndim``."""
-    return (type(a) is cnp.ndarray and cnp.PyArray_TYPE(<cnp.ndarray>a) == typ
-            and cnp.PyArray_NDIM(<cnp.ndarray>a) == ndim
-            and cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>a)
-            and cnp.PyArray_ISALIGNED(<cnp.ndarray>a)
-            and cnp.PyArray_ISNOTSWAPPED(<cnp.ndarray>a))
-
-
 def batchnorm_apply(object x, object gamma, object beta, object running_mean,
                     object running_var, double eps, double momentum, bint training, int act):
     """batchnorm_forward into a new array shaped like x, or None unless all is kernel-ready
@@ -294,11 +287,11 @@ def batchnorm_apply(object x, object gamma, object beta, object running_mean,
         return None
     typ = cnp.PyArray_TYPE(<cnp.ndarray>x)
     nd = cnp.PyArray_NDIM(<cnp.ndarray>x)
-    if (typ != cnp.NPY_FLOAT and typ != cnp.NPY_DOUBLE) or nd < 2 or not _ready(x, typ, nd):
+    if (typ != cnp.NPY_FLOAT and typ != cnp.NPY_DOUBLE) or nd < 2 or not ready(x, typ, nd):
         return None
     C = cnp.PyArray_DIM(<cnp.ndarray>x, 1)
     for a in (gamma, beta, running_mean, running_var):
-        if a is not None and (not _ready(a, typ, 1) or cnp.PyArray_DIM(<cnp.ndarray>a, 0) != C):
+        if a is not None and (not ready(a, typ, 1) or cnp.PyArray_DIM(<cnp.ndarray>a, 0) != C):
             return None
     for k in range(2, nd):
         S *= cnp.PyArray_DIM(<cnp.ndarray>x, k)

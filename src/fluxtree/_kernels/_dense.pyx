@@ -12,6 +12,8 @@ from cython cimport floating
 
 from fluxtree._kernels._blas cimport blas_int, gemm
 
+from fluxtree._kernels._arrays cimport ready
+
 cnp.import_array()
 
 cdef extern from "fluxtree/act.h" nogil:
@@ -118,15 +120,6 @@ def act_scalar(int act, double z, *, bint derivative=False, bint single=False):
     return ft_dact_d(act, z) if derivative else ft_act_d(act, z)
 
 
-cdef inline bint _ready(object a, int typ, int ndim) noexcept:
-    """``a`` is an aligned, native, C-contiguous ndarray of type number ``typ`` and ``ndim``."""
-    return (type(a) is cnp.ndarray and cnp.PyArray_TYPE(<cnp.ndarray>a) == typ
-            and cnp.PyArray_NDIM(<cnp.ndarray>a) == ndim
-            and cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>a)
-            and cnp.PyArray_ISALIGNED(<cnp.ndarray>a)
-            and cnp.PyArray_ISNOTSWAPPED(<cnp.ndarray>a))
-
-
 def dense_apply(object x, object W, object b, int act):
     """act(x . W^T + b) as a new array, or None unless every operand is kernel-ready
 
@@ -139,12 +132,12 @@ def dense_apply(object x, object W, object b, int act):
     if type(W) is not cnp.ndarray:
         return None
     typ = cnp.PyArray_TYPE(<cnp.ndarray>W)
-    if (typ != cnp.NPY_FLOAT and typ != cnp.NPY_DOUBLE) or not _ready(W, typ, 2):
+    if (typ != cnp.NPY_FLOAT and typ != cnp.NPY_DOUBLE) or not ready(W, typ, 2):
         return None
-    if not _ready(x, typ, 2) or cnp.PyArray_DIM(<cnp.ndarray>x, 1) != cnp.PyArray_DIM(<cnp.ndarray>W, 1):
+    if not ready(x, typ, 2) or cnp.PyArray_DIM(<cnp.ndarray>x, 1) != cnp.PyArray_DIM(<cnp.ndarray>W, 1):
         return None
     nout = cnp.PyArray_DIM(<cnp.ndarray>W, 0)
-    if b is not None and (not _ready(b, typ, 1) or cnp.PyArray_DIM(<cnp.ndarray>b, 0) != nout):
+    if b is not None and (not ready(b, typ, 1) or cnp.PyArray_DIM(<cnp.ndarray>b, 0) != nout):
         return None
     B = cnp.PyArray_DIM(<cnp.ndarray>x, 0)
     dims[0] = B

@@ -815,6 +815,23 @@ cdef class Mapper:
     def node_body_entry(self, NodeDef d, x, tuple ys, path):
         return self.node_body(d, x, ys, path)
 
+    cdef object assemble(self, NodeDef d, object x, object out):
+        """Node ``x`` rebuilt (or, structurally, plain) from its mapped children.
+
+        ``out`` is a dict for dict nodes, a list in children order otherwise."""
+        cdef int k = d.kind
+        if k == K_DICT or k == K_LIST:
+            return out if d.make is None or self.structural else d.make(x, out)
+        if k == K_TUPLE:
+            return tuple(out)
+        if self.structural:
+            return dict(zip(d.fields, out))
+        if k == K_NAMEDTUPLE:
+            return d.make(out)
+        if d.ctor is not None:
+            return d.ctor(*out)
+        return d.make(x, tuple(out))
+
     cdef object node_body(self, NodeDef d, object x, tuple ys, object path):
         cdef int k = d.kind
         cdef Py_ssize_t i, n
@@ -836,16 +853,14 @@ cdef class Mapper:
                     cur = i
                     out[i] = self.visit(x[i], (), None)
                 cur = _NOKEY
-                if k == K_TUPLE:
-                    return tuple(out)
-                return out if d.make is None or self.structural else d.make(x, out)
+                return self.assemble(d, x, out)
             if k == K_DICT:
                 res = {}
                 for kk, v in x.items():
                     cur = kk
                     res[kk] = self.visit(v, (), None)
                 cur = _NOKEY
-                return res if d.make is None or self.structural else d.make(x, res)
+                return self.assemble(d, x, res)
             attr = True
             fields = d.fields
             n = len(fields)
@@ -859,13 +874,7 @@ cdef class Mapper:
                     cur = fields[i]
                     out[i] = self.visit(getattr(x, cur), (), None)
             cur = _NOKEY
-            if self.structural:
-                return dict(zip(fields, out))
-            if k == K_NAMEDTUPLE:
-                return d.make(out)
-            if d.ctor is not None:
-                return d.ctor(*out)
-            return d.make(x, tuple(out))
+            return self.assemble(d, x, out)
         except BaseException as e:
             if cur is not _NOKEY:
                 _annotate(e, cur, attr)
@@ -932,24 +941,7 @@ cdef class Mapper:
         except BaseException as e:
             _annotate(e, cur, attr)
             raise
-        if self.structural:
-            if k == K_DICT:
-                return dict(zip(keys, out))
-            if k == K_RECORD or k == K_NAMEDTUPLE:
-                return dict(zip(d.fields, out))
-            return tuple(out) if k == K_TUPLE else out
-        if k == K_DICT:
-            res = dict(zip(keys, out))
-            return res if d.make is None else d.make(x, res)
-        if k == K_TUPLE:
-            return tuple(out)
-        if k == K_LIST:
-            return out if d.make is None else d.make(x, out)
-        if k == K_NAMEDTUPLE:
-            return d.make(out)
-        if d.ctor is not None:
-            return d.ctor(*out)
-        return d.make(x, tuple(out))
+        return self.assemble(d, x, dict(zip(keys, out)) if k == K_DICT else out)
 
     cdef object node_pair(self, NodeDef d, object x, object y):
         """Two trees, both dicts, both sequences or both the same record type; else _NOKEY."""
@@ -969,9 +961,7 @@ cdef class Mapper:
                     cur = kk
                     res[kk] = self.visit(v, (<object>PyDict_GetItem(y, kk),), None)
                 cur = _NOKEY
-                if self.structural or d.make is None:
-                    return res
-                return d.make(x, res)
+                return self.assemble(d, x, res)
             if (k == K_TUPLE or k == K_LIST) and (ty is tuple or ty is list):
                 n = len(x)
                 if len(y) < n:
@@ -981,9 +971,7 @@ cdef class Mapper:
                     cur = i
                     out[i] = self.visit(x[i], (y[i],), None)
                 cur = _NOKEY
-                if k == K_TUPLE:
-                    return tuple(out)
-                return out if self.structural or d.make is None else d.make(x, out)
+                return self.assemble(d, x, out)
             if k == K_RECORD and ty is type(x):
                 attr = True
                 fields = d.fields
@@ -993,11 +981,7 @@ cdef class Mapper:
                     cur = fields[i]
                     out[i] = self.visit(getattr(x, cur), (getattr(y, cur),), None)
                 cur = _NOKEY
-                if self.structural:
-                    return dict(zip(fields, out))
-                if d.ctor is not None:
-                    return d.ctor(*out)
-                return d.make(x, tuple(out))
+                return self.assemble(d, x, out)
         except BaseException as e:
             if cur is not _NOKEY:
                 _annotate(e, cur, attr)
