@@ -167,7 +167,6 @@ class Layout:
             dtypes += list({p.dtype for p in params if not isinstance(p, np.ndarray)})
         self.dtype = np.result_type(*dtypes) if dtypes else np.dtype(np.float32)
         self.paths: list[KeyPath] | None = None
-        self.occurrence_paths: list[KeyPath] | None = None
         self._blocks: tuple | None = None
         self._dim_starts: np.ndarray | None = None
         self._view_plans: dict[np.dtype, tuple] = {}
