@@ -152,8 +152,8 @@ class Layout:
 
     ``params`` are the unique parameter arrays in traversal order, ``offsets[j]`` the
     start of ``params[j]`` (``offsets[-1]`` the length), ``occurrences`` the slot of every
-    parameter position (tied arrays repeat a slot).  Shapes, dtypes and the block layout of rebuilt leaves are worked out on
-    first use.
+    parameter position (tied arrays repeat a slot).  Shapes, dtypes and the block layout
+    of rebuilt leaves are worked out on first use.
     """
 
     def __init__(self, walker: Any, params: list) -> None:
