@@ -107,7 +107,7 @@ def test_dense_ones_init_example():
 
 
 def test_dense_converts_input_and_warns_once_for_wider_floats(monkeypatch):
-    monkeypatch.setattr("fluxtree.nn.layers._warned_precision", set())
+    monkeypatch.setattr("fluxtree.nn._common._warned_precision", set())
     d = Dense(2, 3)
     with pytest.warns(PrecisionWarning, match="float32 parameters got float64 input"):
         y = d(np.ones((4, 2)))

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import fluxtree as ft
-import fluxtree.nn.layers as layers_module
+import fluxtree.nn._common as layers_module
 from fluxtree.precision import f16, f32, f64
 
 

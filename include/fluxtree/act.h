@@ -23,6 +23,8 @@
  *   ft_act_d(code, z), ft_act_f(code, z)     activation
  *   ft_dact_d(code, z), ft_dact_f(code, z)   its first derivative d act / dz (at z = 0 relu,
  *                                            leakyrelu and elu take the left derivative)
+ *   ft_d2act_d(code, z), ft_d2act_f(code, z) its second derivative (0 for the piecewise-linear
+ *                                            relu and leakyrelu; elu's left value at z = 0)
  * Array API (the Dense epilogue), row-major (rows, cols), b may be NULL, suffix f or d:
  *   ft_bias_act_inplace_f(code, y, b, rows, cols):   y[i, j] = act(y[i, j] + b[j])
  *   ft_bias_act_pre_f(code, z, b, y, rows, cols):    z[i, j] += b[j]; y[i, j] = act(z[i, j])
@@ -386,6 +388,29 @@ static inline double ft_dact_d(int code, double z)
 }
 
 static inline float ft_dact_f(int code, float z) { return (float)ft_dact_d(code, (double)z); }
+
+static inline double ft_d2act_d(int code, double z)
+{
+    double s, t, u1, w;
+    switch (code) {
+    case FT_ACT_TANH: t = ft_tanh_v(z); return -2.0 * t * (1.0 - t * t);
+    case FT_ACT_SIGMOID: s = ft_sigmoid_v(z); return s * (1.0 - s) * (1.0 - 2.0 * s);
+    case FT_ACT_SOFTPLUS: s = ft_sigmoid_v(z); return s * (1.0 - s);
+    case FT_ACT_GELU:
+        /* g = z s(2u): g'' = s(1-s) [4u' + z (1-2s) (2u')^2 + 2 z u''],  u'' = 6 k c z */
+        if (z < -30.0) return 0.0;
+        u1 = FT_GELU_K * (1.0 + 3.0 * FT_GELU_C * z * z);
+        s = ft_sigmoid_v(2.0 * FT_GELU_K * (z + FT_GELU_C * z * z * z));
+        w = 2.0 * u1;
+        return s * (1.0 - s) * (2.0 * w + z * (1.0 - 2.0 * s) * w * w
+                                + 12.0 * FT_GELU_K * FT_GELU_C * z * z);
+    case FT_ACT_ELU: return z > 0.0 ? 0.0 : ft_exp_v(z);
+    case FT_ACT_SWISH: s = ft_sigmoid_v(z); return s * (1.0 - s) * (2.0 + z * (1.0 - 2.0 * s));
+    default: return 0.0;       /* identity, relu, leakyrelu */
+    }
+}
+
+static inline float ft_d2act_f(int code, float z) { return (float)ft_d2act_d(code, (double)z); }
 
 /* Expands LOOP(F) once per activation, F being the vectorizable kernel (suffix _v: double,
  * _vf: float), so that the switch stays outside the loops. */

@@ -1,4 +1,5 @@
 """Layers, activations, initialisers and train/test mode (Flux's model building blocks)."""
+from ._common import PrecisionWarning as PrecisionWarning
 from .activations import Activation as Activation
 from .activations import elu as elu
 from .activations import gelu as gelu
@@ -9,17 +10,16 @@ from .activations import sigmoid as sigmoid
 from .activations import softplus as softplus
 from .activations import swish as swish
 from .activations import tanh as tanh
+from .batchnorm import BatchNorm as BatchNorm
+from .chain import Chain as Chain
+from .dense import Dense as Dense
+from .dropout import Colon as Colon
+from .dropout import Dropout as Dropout
+from .dropout import colon as colon
 from .init import glorot_normal as glorot_normal
 from .init import glorot_uniform as glorot_uniform
 from .init import ones32 as ones32
 from .init import zeros32 as zeros32
-from .layers import BatchNorm as BatchNorm
-from .layers import Chain as Chain
-from .layers import Colon as Colon
-from .layers import Dense as Dense
-from .layers import Dropout as Dropout
-from .layers import PrecisionWarning as PrecisionWarning
-from .layers import colon as colon
 from .mode import testmode_ as testmode_
-from .mode import trainmode_ as trainmode_
 from .mode import training as training
+from .mode import trainmode_ as trainmode_

@@ -1,0 +1,84 @@
+"""Dropout, and ``colon`` (Flux's ``:``) for its ``dims``."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .. import functors
+from . import show
+from ._common import _record
+from .mode import is_training
+
+__all__ = ["Colon", "Dropout", "colon"]
+
+
+class Colon:
+    """Flux's ``:`` — "every axis" — for ``Dropout(dims=colon)``; a leaf, state ``()``."""
+
+    _instance: Colon | None = None
+
+    def __new__(cls) -> Colon:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return ":"
+
+
+colon = Colon()
+
+
+@functors.functor("p", "dims", "active", "rng")
+@_record
+class Dropout:
+    """Zero each entry with probability ``p`` in training mode, scaling the rest by 1/(1-p).
+
+    ``dims``: the axes along which independent choices are made (``colon``: all), the
+    mask being broadcast along the others. Plain calls are in test mode (identity).
+    ``rng`` is a NumPy ``Generator`` (a fresh one by default, never None).
+
+    >>> import numpy as np
+    >>> Dropout(0.5)(np.ones(3))
+    array([1., 1., 1.])
+    >>> Dropout(2.0)
+    Traceback (most recent call last):
+    ...
+    ValueError: Dropout expects 0 <= p <= 1, got p = 2.0.
+    """
+
+    _has_mode = True
+
+    def __init__(self, p: float, dims: Any = colon, *, active: bool | None = None,
+                 rng: np.random.Generator | None = None) -> None:
+        if not 0 <= p <= 1:
+            raise ValueError(f"Dropout expects 0 <= p <= 1, got p = {p}.")
+        if active is not None and type(active) is not bool:
+            raise TypeError(f"Dropout: active must be True, False or None, got {active!r}.")
+        self.p = float(p)
+        self.dims = dims
+        self.active = active
+        self.rng = np.random.default_rng() if rng is None else rng
+
+    def trainable(self) -> dict[str, Any]:
+        return {}
+
+    def __call__(self, x: Any) -> np.ndarray:
+        x = np.asarray(x)
+        if not is_training(self.active) or self.p == 0:
+            return x
+        if self.p == 1:
+            return np.zeros_like(x)
+        axes = range(x.ndim) if self.dims is colon else (
+            (self.dims,) if isinstance(self.dims, int) else tuple(self.dims))
+        shape = tuple(x.shape[a] if a in axes else 1 for a in range(x.ndim))
+        keep = self.rng.random(shape) >= self.p
+        return np.where(keep, x / (1 - self.p), 0).astype(x.dtype, copy=False)
+
+    def __repr__(self) -> str:
+        extra = "" if self.dims is colon else f", dims={self.dims!r}"
+        mode = "" if self.active is None else f", active={self.active}"
+        return f"Dropout({self.p:g}{extra}{mode})"
+
+    __str__ = show.layer_str
