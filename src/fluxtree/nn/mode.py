@@ -16,6 +16,7 @@ __all__ = ["testmode_", "trainmode_", "training"]
 
 M = TypeVar("M")
 _AUTO_TRAINING = contextvars.ContextVar("fluxtree_auto_training", default=False)
+_FROZEN_STATS = contextvars.ContextVar("fluxtree_frozen_stats", default=False)
 
 
 @contextlib.contextmanager
@@ -36,6 +37,25 @@ def training(on: bool = True) -> Iterator[None]:
         yield
     finally:
         _AUTO_TRAINING.reset(token)
+
+
+@contextlib.contextmanager
+def frozen_stats(on: bool = True) -> Iterator[None]:
+    """Inside the block, layers in training mode leave their running statistics alone.
+
+    ``hvp``, ``hessian`` and scipy's probes evaluate the model at points that are not
+    steps of training; they must not move BatchNorm's running mean and variance.
+    """
+    token = _FROZEN_STATS.set(on)
+    try:
+        yield
+    finally:
+        _FROZEN_STATS.reset(token)
+
+
+def updates_stats() -> bool:
+    """Whether a layer running in training mode should update its running statistics now."""
+    return not _FROZEN_STATS.get()
 
 
 def is_training(active: bool | None) -> bool:
