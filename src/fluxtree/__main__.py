@@ -1,0 +1,4 @@
+"""``python -m fluxtree``: the ``fluxtree`` command."""
+from .cli import main
+
+raise SystemExit(main())
