@@ -500,6 +500,7 @@ class _RestructureOp:
     agree), so gradients of tied uses meet in one slot; every rule is a gather or scatter."""
 
     multi_output = True
+    linear = True
 
     def __init__(self, layout: Layout) -> None:
         self.layout = layout

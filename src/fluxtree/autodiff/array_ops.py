@@ -80,6 +80,7 @@ class _Binary:
 
 class Add(_Binary):
     apply = staticmethod(np.add)
+    linear = True
 
     def backward(self, saved: tuple, d: np.ndarray, needs: tuple) -> tuple:
         a, b, _ = saved
@@ -310,6 +311,8 @@ def _norm_axes(axis: Any, ndim: int) -> tuple[int, ...]:
 class Sum:
     """``sum`` (``scale=False``) or ``mean`` (``scale=True``) over ``axis``."""
 
+    linear = True
+
     def __init__(self, axis: Any = None, keepdims: bool = False, mean: bool = False) -> None:
         self.axis, self.keepdims, self.mean = axis, keepdims, mean
 
@@ -349,6 +352,8 @@ class Sum:
 class GetItem:
     """``x[index]`` (basic or advanced indexing); repeated indices add up in the gradient."""
 
+    linear = True
+
     def __init__(self, index: Any) -> None:
         self.index = index if isinstance(index, tuple) else (index,)
 
@@ -377,6 +382,8 @@ class GetItem:
 
 
 class Reshape:
+    linear = True
+
     def __init__(self, shape: tuple) -> None:
         self.shape = shape
 

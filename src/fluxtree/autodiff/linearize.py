@@ -79,7 +79,7 @@ class Linearization:
     def __init__(self, tape: Tape, x: Tracked, out: Any, split: int | None) -> None:
         self._tape, self._x, self._out, self._split = tape, x, out, split
         self.value = scalar_output(out, "linearize")
-        self._adjoints = "none"                 # "none", "loss" (after split) or "all"
+        self._adjoints = "none"     # "none", "loss" (after split), "curvature" or "all"
 
     @property
     def x(self) -> np.ndarray:
@@ -91,7 +91,7 @@ class Linearization:
             return
         if isinstance(self._out, Tracked):
             start = self._split if need == "loss" and self._split is not None else 0
-            self._tape.backward(self._out, start)
+            self._tape.backward(self._out, start, curvature_only=need == "curvature")
         self._adjoints = need
 
     def gradient(self, out: np.ndarray | None = None) -> np.ndarray:
@@ -113,7 +113,7 @@ class Linearization:
         k = t.shape[0]
         if not isinstance(self._out, Tracked):
             return unblock(None, k, x.shape, x.dtype, is_block, out)
-        self._ensure_adjoints("loss" if gauss_newton else "all")
+        self._ensure_adjoints("loss" if gauss_newton else "curvature")
         tape = self._tape
         tape.propagate_tangents({id(self._x): t})
         tape.backward_tangents(self._split if gauss_newton and self._split is not None else 0)

@@ -105,19 +105,43 @@ class Tape:
             else:
                 node.outputs.tan = t_out
 
-    def backward(self, output: Tracked, start: int = 0) -> None:
-        """Adjoints of every value from the seed d output = 1 (ops before ``start`` skipped)."""
+    def curvature_needs(self) -> list[tuple]:
+        """Per node, which inputs need an adjoint when only Hessian products are wanted.
+
+        The tangent-backward rule of a nonlinear op uses the adjoint of its output; a
+        linear op's rule does not (``op.linear``).  So a value needs an adjoint when a
+        nonlinear op made it, or a linear op whose inputs need one; the inputs of the
+        function and the parameters ``re(v)`` cuts from them never do, and the backward
+        sweep of an HVP skips their (weight-sized) gradients.
+        """
+        wanted: set[int] = set()
+        out = []
+        for node in self.nodes:
+            out.append(tuple(need and id(x) in wanted for x, need in zip(node.inputs, node.needs)))
+            if not getattr(node.op, "linear", False) or any(out[-1]):
+                for o in (node.outputs if isinstance(node.outputs, list) else (node.outputs,)):
+                    wanted.add(id(o))
+        return out
+
+    def backward(self, output: Tracked, start: int = 0, curvature_only: bool = False) -> None:
+        """Adjoints of every value from the seed d output = 1 (ops before ``start`` skipped;
+        with ``curvature_only``, only the adjoints Hessian products use)."""
         for node in self.nodes[start:]:
             _clear(node.outputs, "adj")
         for t in self.inputs:
             t.adj = None
         output.adj = np.ones(output.value.shape, output.value.dtype)
-        for node in reversed(self.nodes[start:]):
+        needs_of = self.curvature_needs() if curvature_only else None
+        for i in range(len(self.nodes) - 1, start - 1, -1):
+            node = self.nodes[i]
             d_out = _gather(node.outputs, "adj")
             if d_out is None:
                 continue
-            grads = node.op.backward(node.saved, d_out, node.needs)
-            for x, g, need in zip(node.inputs, grads, node.needs):
+            needs = node.needs if needs_of is None else needs_of[i]
+            if needs_of is not None and not any(needs) and getattr(node.op, "linear", False):
+                continue
+            grads = node.op.backward(node.saved, d_out, needs)
+            for x, g, need in zip(node.inputs, grads, needs):
                 if need:
                     _accumulate_adj(x, g)
 

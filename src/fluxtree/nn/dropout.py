@@ -49,6 +49,7 @@ class Dropout:
     """
 
     _has_mode = True
+    linear = True            # as an op: its second-order rule needs no adjoint
 
     def __init__(self, p: float, dims: Any = colon, *, active: bool | None = None,
                  rng: np.random.Generator | None = None) -> None:
