@@ -534,7 +534,3 @@ class _RestructureOp:
             if t is not None:
                 out[:, a:b] = t.reshape(k, b - a)
         return (out,)
-
-
-def _same(x: Any) -> Any:
-    return x
