@@ -4,12 +4,23 @@
 >>> ft.fmap(lambda v: v + 1, {"a": 1, "b": (2, 3)})
 {'a': 2, 'b': (3, 4)}
 """
+from . import autodiff as autodiff
 from . import nn as nn
+from .autodiff import abs2 as abs2
+from .autodiff import dot as dot
+from .autodiff import gauss_newton_vp as gauss_newton_vp
+from .autodiff import gradient as gradient
+from .autodiff import hessian as hessian
+from .autodiff import hvp as hvp
+from .autodiff import jvp as jvp
+from .autodiff import linearize as linearize
+from .autodiff import value_and_gradient as value_and_gradient
 from .data import DataLoader as DataLoader
 from .flat import AliasWarning as AliasWarning
 from .flat import Restructure as Restructure
 from .flat import destructure as destructure
 from .flat import isnumeric as isnumeric
+from .flat import restructure as restructure
 from .flat import trainable as trainable
 from .flat import trainables as trainables
 from .functors import AbstractWalk as AbstractWalk

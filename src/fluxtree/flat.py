@@ -13,12 +13,12 @@ from typing import Any, Generic, TypeVar
 
 import numpy as np
 
-from . import functors
+from . import _tracing, functors
 from ._kernels import _flat, _walk
 from ._kernels._walk import KeyPath, isnumeric
 
-__all__ = ["AliasWarning", "Layout", "Restructure", "destructure", "isnumeric", "trainable",
-           "trainables"]
+__all__ = ["AliasWarning", "Layout", "Restructure", "destructure", "isnumeric", "restructure",
+           "trainable", "trainables"]
 
 M = TypeVar("M")
 
@@ -288,6 +288,29 @@ def _warn_aliases(layout: Layout, views: list[int], model: Any) -> None:
                 f"the rebuilt model will not keep that tie.", AliasWarning, stacklevel=3)
 
 
+def _layout_of(model: Any) -> tuple[Layout, Any]:
+    walker = _walk.ParamCollector()
+    params = _run("destructure", walker, model)
+    layout = Layout(walker, params)
+    if walker.foreign:
+        _check_device(layout, model)
+        raise NotImplementedError(
+            "destructure: GPU (CuPy) parameters are not supported yet; copy the model to "
+            "the host first (e.g. ft.fmap(cupy.asnumpy, model)).")
+    return layout, walker
+
+
+def restructure(model: M) -> Restructure[M]:
+    """The ``Restructure`` of ``model`` without packing its parameters (``destructure``'s
+    second result, at no copying cost).
+
+    >>> re = restructure({"w": np.ones((2, 3)), "act": "relu"})
+    >>> len(re), re.with_leaves(["W"])
+    (6, {'w': 'W', 'act': 'relu'})
+    """
+    return Restructure(model, _layout_of(model)[0])
+
+
 def destructure(model: M) -> tuple[np.ndarray, Restructure[M]]:
     """All trainable parameters of ``model`` in one vector, and the way back.
 
@@ -304,16 +327,9 @@ def destructure(model: M) -> tuple[np.ndarray, Restructure[M]]:
     >>> re(np.array([3, 5, 7 + 11j]))
     {'x': array([3., 5.]), 'y': ('sin', array([7.+11.j]))}
     """
-    walker = _walk.ParamCollector()
-    params = _run("destructure", walker, model)
-    layout = Layout(walker, params)
-    if walker.foreign:
-        _check_device(layout, model)
-        raise NotImplementedError(
-            "destructure: GPU (CuPy) parameters are not supported yet; copy the model to "
-            "the host first (e.g. ft.fmap(cupy.asnumpy, model)).")
+    layout, walker = _layout_of(model)
     flat = np.empty(layout.length, layout.dtype)
-    _gather(params, layout.offsets, flat, layout.native)
+    _gather(layout.params, layout.offsets, flat, layout.native)
     _warn_aliases(layout, walker.views, model)
     return flat, Restructure(model, layout)
 
@@ -377,6 +393,8 @@ class Restructure(Generic[M]):
 
     def __call__(self, v: Any, *, copy: bool = True) -> M:
         lay = self.layout
+        if isinstance(v, _tracing.Traced):         # inside a derivative: record the rebuild
+            return self._rebuild(_tracing.record(_RestructureOp(lay), (v,)))
         v = _as_vector(v, lay.length)
         if copy:
             new = lay.new_leaves()
@@ -384,6 +402,19 @@ class Restructure(Generic[M]):
         else:
             new = lay.views_into(v)
         return self._rebuild(new)
+
+    def with_leaves(self, leaves: list) -> M:
+        """The model with ``leaves[j]`` (any objects) in place of parameter ``j``; tied
+        positions share one.  ``fluxtree.autodiff`` uses it to put traced values in a model.
+
+        >>> w = np.ones(2)
+        >>> restructure({"a": w, "b": w, "c": np.zeros(1)}).with_leaves(["W", "C"])
+        {'a': 'W', 'b': 'W', 'c': 'C'}
+        """
+        if len(leaves) != len(self.layout.params):
+            raise ValueError(f"Restructure.with_leaves: expected {len(self.layout.params)} "
+                             f"leaves, got {len(leaves)}.")
+        return self._rebuild(list(leaves))
 
     def _rebuild(self, new: list) -> M:
         mapper = _walk.Mapper(None, None, True, _walk.NO_PRUNE, False, False, True)
@@ -464,5 +495,42 @@ class Restructure(Generic[M]):
         return out
 
 
-def _same(x: Any) -> Any:
-    return x
+class _RestructureOp:
+    """``re(v)`` on the tape: one output per parameter (a view of ``v`` where the dtypes
+    agree), so gradients of tied uses meet in one slot; every rule is a gather or scatter."""
+
+    multi_output = True
+    linear = True
+
+    def __init__(self, layout: Layout) -> None:
+        self.layout = layout
+
+    def forward(self, inputs: tuple) -> tuple[list, np.dtype]:
+        v = _as_vector(inputs[0], self.layout.length)
+        return self.layout.views_into(v), v.dtype
+
+    def _slices(self) -> list[tuple[int, int]]:
+        off = self.layout.offsets
+        return [(int(off[j]), int(off[j + 1])) for j in range(len(self.layout.params))]
+
+    def backward(self, dtype: np.dtype, d_outs: list, needs: tuple) -> tuple:
+        out = np.empty(self.layout.length, dtype)
+        native = self.layout.native and dtype in _KERNEL_DTYPES
+        Restructure._pack(d_outs, self.layout.offsets, out, any(d is None for d in d_outs),
+                          native and all(d is None or d.dtype in _KERNEL_DTYPES for d in d_outs))
+        return (out,)
+
+    def tangent(self, dtype: np.dtype, t_inputs: tuple) -> list:
+        tv = t_inputs[0]
+        k = tv.shape[0]
+        return [tv[:, a:b].reshape(k, *shape).astype(d, copy=False)
+                for (a, b), shape, d in zip(self._slices(), self.layout.shapes, self.layout.dtypes)]
+
+    def tangent_backward(self, dtype: np.dtype, t_inputs: tuple, d_outs: Any, t_d_outs: list,
+                         needs: tuple) -> tuple:
+        k = next(t.shape[0] for t in t_d_outs if t is not None)
+        out = np.zeros((k, self.layout.length), dtype)
+        for (a, b), t in zip(self._slices(), t_d_outs):
+            if t is not None:
+                out[:, a:b] = t.reshape(k, b - a)
+        return (out,)

@@ -11,8 +11,14 @@ from typing import Any
 
 import numpy as np
 
+from .. import _tracing
+from .._kernels import _dense
+
 __all__ = ["Activation", "elu", "gelu", "identity", "leakyrelu", "relu", "sigmoid", "softplus",
            "swish", "tanh", "activation_code"]
+
+
+_KERNEL_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 class Activation:
@@ -24,7 +30,43 @@ class Activation:
         self.name, self.code, self._fn = name, code, fn
 
     def __call__(self, x: Any) -> Any:
+        if _tracing.any_traced(x):
+            return _tracing.record(self, (x,))
         return self._fn(np.asarray(x))
+
+    # The op rules (see fluxtree._tracing); derivatives come from the kernels' act.h.
+    def _derivative(self, z: np.ndarray, order: int) -> np.ndarray:
+        if z.dtype not in _KERNEL_DTYPES:
+            raise TypeError(f"the derivatives of {self.name} are implemented for float32 and "
+                            f"float64 arrays, got {z.dtype}.")
+        out = np.empty_like(z, order="C")
+        _dense.act_eval(self.code, np.ascontiguousarray(z), order, out)
+        return out
+
+    def forward(self, inputs: tuple) -> tuple[np.ndarray, list]:
+        z = np.asarray(inputs[0])
+        if z.dtype.kind != "f":
+            z = z.astype(np.float64)
+        return np.asarray(self._fn(z)), [z, None]
+
+    def _d1(self, saved: list) -> np.ndarray:
+        if saved[1] is None:
+            saved[1] = self._derivative(saved[0], 1)
+        return saved[1]
+
+    def backward(self, saved: list, dy: np.ndarray, needs: tuple) -> tuple:
+        return (dy * self._d1(saved),)
+
+    def tangent(self, saved: list, t_inputs: tuple) -> np.ndarray:
+        return t_inputs[0] * self._d1(saved)
+
+    def tangent_backward(self, saved: list, t_inputs: tuple, dy: Any, tdy: Any,
+                         needs: tuple) -> tuple:
+        out = None if tdy is None else tdy * self._d1(saved)
+        if dy is not None and t_inputs[0] is not None and self.code not in (0, 1, 7):
+            term = (dy * self._derivative(saved[0], 2)) * t_inputs[0]
+            out = term if out is None else out + term
+        return (out,)
 
     def __repr__(self) -> str:
         return self.name

@@ -5,7 +5,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import functors
+from .. import _tracing, functors
 from . import show
 from ._common import _record
 from .mode import is_training
@@ -49,6 +49,7 @@ class Dropout:
     """
 
     _has_mode = True
+    linear = True            # as an op: its second-order rule needs no adjoint
 
     def __init__(self, p: float, dims: Any = colon, *, active: bool | None = None,
                  rng: np.random.Generator | None = None) -> None:
@@ -64,17 +65,38 @@ class Dropout:
     def trainable(self) -> dict[str, Any]:
         return {}
 
-    def __call__(self, x: Any) -> np.ndarray:
-        x = np.asarray(x)
+    def __call__(self, x: Any) -> Any:
+        if _tracing.any_traced(x):
+            return _tracing.record(self, (x,))
+        return self.forward((x,))[0]
+
+    def _mask(self, x: np.ndarray) -> np.ndarray | None:
+        """The scaled keep mask (broadcastable to x), or None for the identity."""
         if not is_training(self.active) or self.p == 0:
-            return x
+            return None
         if self.p == 1:
-            return np.zeros_like(x)
+            return np.zeros((1,) * x.ndim, x.dtype)
         axes = range(x.ndim) if self.dims is colon else (
             (self.dims,) if isinstance(self.dims, int) else tuple(self.dims))
         shape = tuple(x.shape[a] if a in axes else 1 for a in range(x.ndim))
         keep = self.rng.random(shape) >= self.p
-        return np.where(keep, x / (1 - self.p), 0).astype(x.dtype, copy=False)
+        return (keep * (1 / (1 - self.p))).astype(x.dtype)
+
+    # The op rules (see fluxtree._tracing): Dropout is linear in x with the saved mask.
+    def forward(self, inputs: tuple) -> tuple[np.ndarray, np.ndarray | None]:
+        x = np.asarray(inputs[0])
+        mask = self._mask(x)
+        return (x if mask is None else x * mask), mask
+
+    def backward(self, mask: np.ndarray | None, dy: np.ndarray, needs: tuple) -> tuple:
+        return (dy if mask is None else dy * mask,)
+
+    def tangent(self, mask: np.ndarray | None, t_inputs: tuple) -> np.ndarray:
+        return t_inputs[0] if mask is None else t_inputs[0] * mask
+
+    def tangent_backward(self, mask: np.ndarray | None, t_inputs: tuple, dy: Any, tdy: Any,
+                         needs: tuple) -> tuple:
+        return (None if tdy is None else self.tangent(mask, (tdy,)),)
 
     def __repr__(self) -> str:
         extra = "" if self.dims is colon else f", dims={self.dims!r}"
