@@ -27,6 +27,7 @@ class ProgressBar:
         self._last_draw = -1.0
         self._last_tenth = -1
         self._text = ""
+        self._written = ""
         self._closed = False
 
     def _line(self, it: int, loss: float, gnorm: float | None, counts: str) -> str:
@@ -54,14 +55,16 @@ class ProgressBar:
             tenth = 10 * it // self.total
             if tenth > self._last_tenth:
                 self._last_tenth = tenth
+                self._written = self._text
                 self.stream.write(self._text + "\n")
                 self.stream.flush()
 
     def close(self) -> None:
         """Draw the last state and end the line (once)."""
-        if self._closed or not self._text:
-            self._closed = True
-            return
+        if not self._closed and self._text:
+            if self.tty:
+                self.stream.write("\r" + self._text + "\x1b[K\n")
+            elif self._text != self._written:
+                self.stream.write(self._text + "\n")
+            self.stream.flush()
         self._closed = True
-        self.stream.write(("\r" + self._text + "\x1b[K" if self.tty else self._text) + "\n")
-        self.stream.flush()

@@ -83,10 +83,16 @@ def _bound_vector(tree: Any, obj: Objective, fill: float, what: str) -> np.ndarr
     shapes = re.layout.shapes
     for slot, path in enumerate(re.paths):
         node = tree
-        for key in path:
+        for depth, key in enumerate(path):
             if node is None or isleaf(node):
                 break
-            node = getkeypath(node, (key,))
+            try:
+                node = getkeypath(node, (key,))
+            except KeyError:
+                where = "".join(f"[{k!r}]" for k in list(path)[:depth]) or "the root"
+                raise ValueError(f"minimize: the {what} bound tree does not match the model: "
+                                 f"it has no child {key!r} at {where} (the model's "
+                                 f"parameter {path}); put None there for no bound.") from None
         value = _bound_value(node, what, str(path))
         lo, hi = int(offsets[slot]), int(offsets[slot + 1])
         if value is None:
@@ -203,17 +209,24 @@ def minimize(model: M, loss: Callable[[Any, Any], Any], data: Any,
             return callback(intermediate_result)
         return None
 
-    def on_iterate_x(xk: np.ndarray) -> Any:                  # TNC: callback(xk)
+    def on_iterate_x(xk: np.ndarray) -> None:                 # TNC: callback(xk)
         step(xk, None)
         if callback is not None:
-            return callback(scipy.optimize.OptimizeResult(x=np.copy(xk), fun=history[-1]))
-        return None
+            try:
+                callback(scipy.optimize.OptimizeResult(x=np.copy(xk), fun=history[-1]))
+            except StopIteration:
+                raise _Stopped(np.copy(xk)) from None
 
     try:
         with blas_pools(threads):
             result = scipy.optimize.minimize(
                 obj.fun, obj.x0, method=name, tol=tol, options=options,
                 callback=on_iterate_x if name == "TNC" else on_iterate, **kwargs)
+    except _Stopped as stop:                 # as scipy reports it for the other methods
+        result = scipy.optimize.OptimizeResult(
+            x=stop.x, fun=history[-1], success=False, status=99,
+            message="`callback` raised `StopIteration`.", nit=len(history) - 1,
+            nfev=obj.nfev, njev=obj.njev)
     finally:
         if bar is not None:
             bar.close()
@@ -221,6 +234,14 @@ def minimize(model: M, loss: Callable[[Any, Any], Any], data: Any,
     result.history = history
     result.counts = obj.counts
     return result, obj.restructure(result.x)
+
+
+class _Stopped(Exception):
+    """The user's callback stopped a method whose scipy driver cannot stop (TNC)."""
+
+    def __init__(self, x: np.ndarray) -> None:
+        super().__init__()
+        self.x = x
 
 
 def _counts_text(obj: Objective) -> str:

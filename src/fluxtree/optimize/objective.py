@@ -193,7 +193,8 @@ class Objective(Generic[M]):
         p = self._find(x)
         if p is None:
             key = np.array(x, dtype=np.float64)
-            p = _Point(key, self._linearize_at(key.astype(self.dtype)))
+            p = _Point(key, self._linearize_at(
+                key if self.dtype == np.float64 else key.astype(self.dtype)))
             self.nforward += 1
             self._cache.insert(0, p)
             del self._cache[2:]
