@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import gzip
 import importlib.util
-import io
 import os
 from dataclasses import dataclass
 
@@ -66,10 +65,12 @@ def _read_sklearn_csv(name: str) -> tuple[np.ndarray, np.ndarray]:
         raw = fh.read()
     if path.endswith(".gz"):
         raw = gzip.decompress(raw)
-    text = raw.decode("ascii")
+    lines = raw.decode("ascii").strip().splitlines()
     # every file but digits starts with "n_samples,n_features,class names..."
-    skip = 0 if name == "digits" else 1
-    table = np.loadtxt(io.StringIO(text), delimiter=",", skiprows=skip, dtype=np.float64)
+    if name != "digits":
+        lines = lines[1:]
+    n_cols = lines[0].count(",") + 1
+    table = np.array(",".join(lines).split(","), dtype=np.float64).reshape(len(lines), n_cols)
     return table[:, :-1], table[:, -1].astype(np.int64)
 
 

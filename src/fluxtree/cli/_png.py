@@ -141,7 +141,7 @@ def line_plot(values: Sequence[float], *, title: str = "", xlabel: str = "iterat
     ys = np.asarray(values, dtype=np.float64)
     img = np.empty((height, width, 3), np.uint8)
     img[...] = _WHITE
-    left, right, top, bottom = 80, 20, 50, 50
+    left, right, top, bottom = 92, 20, 50, 50
     pw, ph = width - left - right, height - top - bottom
     if pw < 20 or ph < 20:
         raise ValueError(f"a plot needs at least {left + right + 20}x{top + bottom + 20} "
