@@ -25,7 +25,6 @@ from collections.abc import Callable
 from typing import Any, ClassVar, Literal, TypeAlias
 
 import numpy as np
-from scipy.special import expit
 
 from . import _tracing
 
@@ -356,10 +355,11 @@ class LogitCrossEntropy(LossOp):
 
     def _prepare(self, saved: _Saved) -> None:
         axes = self.axes
-        z = saved.yhat - np.max(saved.yhat, axis=axes, keepdims=True, initial=-np.inf)
+        z = saved.yhat - np.maximum.reduce(saved.yhat, axis=axes, keepdims=True,
+                                           initial=-np.inf)
         e = np.exp(z)
-        total = np.sum(e, axis=axes, keepdims=True)
-        with np.errstate(divide="ignore"):     # log(0) only for an empty class axis
+        total = np.add.reduce(e, axis=axes, keepdims=True)
+        if z.size:                             # (an empty class axis would take log(0))
             z -= np.log(total)
         saved.aux = (z, e, total)              # logsoftmax, exp(shifted yhat), their sum
 
@@ -424,16 +424,23 @@ class LogitBinaryCrossEntropy(_DiagonalLoss):
     def __init__(self, y: Any, *, agg: Agg = "mean") -> None:
         super().__init__(y, agg=agg)
 
+    def _prepare(self, saved: _Saved) -> None:
+        saved.aux = np.exp(-np.abs(saved.yhat))        # in (0, 1]: never overflows
+
     def _losses(self, saved: _Saved) -> np.ndarray:
-        out = np.logaddexp(0, -saved.yhat)             # -logsigmoid(yhat), stable
-        out += (1 - saved.y) * saved.yhat
+        x = saved.yhat                                 # (1 - y) x - logsigmoid(x), as
+        out = np.log1p(saved.aux)                      # max(x, 0) - x y + log1p(exp(-|x|))
+        out += np.maximum(x, 0)
+        out -= x * saved.y
         return out
 
     def _grad(self, saved: _Saved) -> np.ndarray:
-        return expit(saved.yhat) - saved.y
+        e = saved.aux                                  # sigmoid(x) - y
+        return np.where(saved.yhat >= 0, 1.0, e) / (1 + e) - saved.y
 
     def _diag(self, saved: _Saved) -> np.ndarray:
-        return expit(saved.yhat) * expit(-saved.yhat)
+        e = saved.aux                                  # sigmoid(x) sigmoid(-x)
+        return e / ((1 + e) * (1 + e))
 
 
 # -- the loss functions ----------------------------------------------------------------------
