@@ -435,8 +435,11 @@ class LogitBinaryCrossEntropy(_DiagonalLoss):
         return out
 
     def _grad(self, saved: _Saved) -> np.ndarray:
-        e = saved.aux                                  # sigmoid(x) - y
-        return np.where(saved.yhat >= 0, 1.0, e) / (1 + e) - saved.y
+        e = saved.aux                                  # sigmoid(x) - y, where sigmoid(x)
+        s = np.maximum(e, saved.yhat >= 0)             # = (1 if x >= 0 else e) / (1 + e)
+        s /= 1 + e
+        s -= saved.y
+        return s
 
     def _diag(self, saved: _Saved) -> np.ndarray:
         e = saved.aux                                  # sigmoid(x) sigmoid(-x)
