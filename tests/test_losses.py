@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+import fluxtree as ft
 from fluxtree import _tracing, losses
 
 RTOL_FD = 1e-6
@@ -527,6 +528,53 @@ def test_traced_yhat_is_recorded(monkeypatch):
     losses.mse(yhat, np.zeros((1, 2)), agg=lambda v: seen.append(v) or "aggregated")
     assert isinstance(seen[0], FakeTraced) and seen[0].value.shape == (1, 2)
     assert isinstance(losses.sum_abs2(yhat), FakeTraced)
+
+
+# -- through the tape of fluxtree.autodiff ---------------------------------------------------
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_through_the_tape_gradient_hvp_hessian(kind):
+    """A loss after a small sigmoid layer made of array ops: gradient and exact HVP against
+    finite differences, and a symmetric Hessian."""
+    rng = np.random.default_rng(12)
+    x = rng.uniform(0.2, 1.0, (4, 3))
+    _, y = data(kind, (4, 2), rng)
+    w0 = 0.3 * rng.standard_normal(3 * 2 + 2)
+
+    def f(v):
+        out = 1 / (1 + np.exp(-(x @ v[:6].reshape(3, 2) + v[6:])))    # in (0, 1)
+        return losses.sum_abs2(out) if kind == "sum_abs2" else FUNCS[kind](out, y)
+
+    def value(v):
+        return float(f(v))
+
+    (g,) = ft.gradient(f, w0)
+    assert rel_err(g, fd_gradient(value, w0)) <= RTOL_FD
+    u = rng.standard_normal((w0.size, 2))
+    hv = ft.hvp(f, w0, u)
+    assert rel_err(hv.T, fd_directional(lambda v: ft.gradient(f, v)[0], w0, u.T)) <= RTOL_FD
+    hess = ft.hessian(f, w0)
+    np.testing.assert_allclose(hess, hess.T, rtol=1e-10, atol=1e-14)
+
+
+def test_through_the_tape_callable_agg_and_gauss_newton():
+    rng = np.random.default_rng(13)
+    z0, y = data("logitcrossentropy", (3, 4), rng)
+    wts = np.array([1.0, 2.0, 3.0])
+
+    def f(z):
+        return np.sum(losses.logitcrossentropy(z, y, agg=lambda l_: l_ * wts))
+
+    (g,) = ft.gradient(f, z0)
+    assert rel_err(g, fd_gradient(lambda z: float(f(z)), z0)) <= RTOL_FD
+    # Gauss-Newton through a model z = v ** 2 (elementwise): J^T H_loss J
+    v0 = rng.uniform(0.5, 1.5, 12)
+    u = rng.standard_normal(12)
+    got = ft.gauss_newton_vp(lambda v: (v ** 2).reshape(3, 4),
+                             lambda zz: losses.logitcrossentropy(zz, y), v0, u)
+    jac = np.diag(2 * v0)
+    h_loss = full_hessian(losses.LogitCrossEntropy(y), (v0 ** 2).reshape(3, 4))
+    np.testing.assert_allclose(got, jac.T @ h_loss @ jac @ u, rtol=1e-12, atol=1e-14)
 
 
 # -- errors ----------------------------------------------------------------------------------
