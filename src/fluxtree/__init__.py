@@ -5,6 +5,7 @@
 {'a': 2, 'b': (3, 4)}
 """
 from . import autodiff as autodiff
+from . import losses as losses
 from . import nn as nn
 from .autodiff import abs2 as abs2
 from .autodiff import dot as dot
