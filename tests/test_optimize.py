@@ -1,6 +1,7 @@
 """fluxtree.optimize: Objective (derivatives, cache, counters, BatchNorm statistics) and
 minimize (every scipy method, bounds, callbacks, progress, BLAS pools)."""
 import io
+import itertools
 
 import numpy as np
 import pytest
@@ -21,7 +22,7 @@ Y = np.eye(3)[LABELS]
 def mlp(widths=(3, 6, 3), act=ft.tanh, bn=False, seed=0):
     rng = np.random.default_rng(seed)
     layers = []
-    for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
+    for i, (a, b) in enumerate(itertools.pairwise(widths)):
         last = i == len(widths) - 2
         if bn and not last:
             layers += [ft.Dense(a, b, rng=rng, dtype=np.float64), ft.BatchNorm(b, act)]
@@ -300,9 +301,10 @@ def test_bounds_prefixes_numbers_and_scipy_bounds():
                            progress=False)
     x = ft.destructure(fitted)[0]
     assert np.all((x >= 0) & (x <= 1)) and x[0] == pytest.approx(1.0)
-    res2, fitted2 = minimize(model, ft.losses.mse, data, "L-BFGS-B",
-                             bounds=({"layers": (None,)}, {"layers": ({"weight": None, "bias": 0.1},)}),
-                             progress=False)
+    _, fitted2 = minimize(model, ft.losses.mse, data, "L-BFGS-B",
+                          bounds=({"layers": (None,)},
+                                  {"layers": ({"weight": None, "bias": 0.1},)}),
+                          progress=False)
     assert fitted2[0].bias[0] == pytest.approx(0.1)
     sb = scipy.optimize.Bounds(np.zeros(3), np.ones(3))
     res3, _ = minimize(model, ft.losses.mse, data, "L-BFGS-B", bounds=sb, progress=False)
@@ -422,6 +424,6 @@ def test_blas_pools_serialise_numpy_and_restore():
         assert all(n == 1 for n in inside.values())
     after = {i["filepath"]: i["num_threads"] for i in threadpoolctl.threadpool_info()}
     assert after == before
-    with pytest.raises(ValueError, match="threads must be a positive int or None, got 0"):
-        with blas_pools(0):
-            pass
+    with (pytest.raises(ValueError, match="threads must be a positive int or None, got 0"),
+          blas_pools(0)):
+        pass

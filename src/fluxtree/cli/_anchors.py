@@ -132,9 +132,9 @@ def _torch(spec: dict[str, Any], x0: np.ndarray, X: np.ndarray, Y: np.ndarray,
         return float(v), g.numpy().astype(np.float64)
 
     def hvp(x: np.ndarray, p: np.ndarray) -> np.ndarray:
-        _, hp = torch.func.jvp(grad, (torch.from_numpy(np.asarray(x, dtype)),),
-                               (torch.from_numpy(np.asarray(p, dtype)),))
-        return hp.numpy().astype(np.float64)
+        out = torch.func.jvp(grad, (torch.from_numpy(np.asarray(x, dtype)),),
+                             (torch.from_numpy(np.asarray(p, dtype)),))
+        return out[1].numpy().astype(np.float64)
 
     def hessian(x: np.ndarray) -> np.ndarray:
         return torch.func.hessian(loss)(torch.from_numpy(np.asarray(x, dtype))).numpy().astype(

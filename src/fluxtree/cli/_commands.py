@@ -193,7 +193,7 @@ def inspect(args: Any) -> None:
         w = max(len("path"), *(len(p) for p, _ in arrays))
         print(f"\n{'path':<{w}}  {'dtype':<9} {'shape':<14} {'size':>10}")
         for p, a in arrays:
-            print(f"{p:<{w}}  {str(a.dtype):<9} {str(a.shape):<14} "
+            print(f"{p:<{w}}  {a.dtype!s:<9} {a.shape!s:<14} "
                   f"{nn.show.underscorise(a.size):>10}")
         by_dtype: dict[str, int] = {}
         for _, a in arrays:

@@ -56,7 +56,7 @@ def _sklearn_data_dir() -> str:
             "the bundled data sets come with scikit-learn, which is not installed; "
             "install it with `python -m pip install scikit-learn`, or pass a .npz file "
             "with arrays X and y to --dataset.")
-    return os.path.join(list(spec.submodule_search_locations)[0], "datasets", "data")
+    return os.path.join(next(iter(spec.submodule_search_locations)), "datasets", "data")
 
 
 def _read_sklearn_csv(name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -109,7 +109,7 @@ def split(n: int, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarr
     if not 0.0 <= test_fraction < 1.0:
         raise ValueError(f"the test fraction must be in [0, 1), got {test_fraction}.")
     order = np.random.default_rng(seed).permutation(n)
-    n_test = int(round(n * test_fraction))
+    n_test = round(n * test_fraction)
     if n - n_test < 2:
         raise ValueError(f"a test fraction of {test_fraction} leaves {n - n_test} training "
                          f"observations of {n}; at least 2 are needed.")
@@ -127,6 +127,6 @@ def load(name: str, *, test_fraction: float = 0.2, seed: int = 0,
     scale = X[train].std(axis=0)
     scale[scale == 0] = 1.0                      # constant columns (digits' corner pixels)
     Z = ((X - mean) / scale).astype(dtype)
-    onehot = np.eye(len(labels), dtype=dtype)[codes]
+    onehot: np.ndarray = np.eye(len(labels), dtype=dtype)[codes]
     return Dataset(os.path.basename(name), Z[train], onehot[train], Z[test], onehot[test],
                    mean, scale)

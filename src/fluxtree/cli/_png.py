@@ -161,23 +161,23 @@ def line_plot(values: Sequence[float], *, title: str = "", xlabel: str = "iterat
             lo, hi = lo / 1.25, hi * 1.25
         f_lo, f_hi = math.log10(lo), math.log10(hi)
         yticks = _log_ticks(lo, hi)
-        to_y = lambda v: top + ph * (f_hi - np.log10(v)) / (f_hi - f_lo)   # noqa: E731
+        to_y = lambda v: top + ph * (f_hi - np.log10(v)) / (f_hi - f_lo)
     else:
         draw_text(img, 8, top - 20, ylabel)
         if hi - lo < 1e-12 * max(1.0, abs(hi)):
             lo, hi = lo - 0.5, hi + 0.5
         yticks = _linear_ticks(lo, hi)
-        to_y = lambda v: top + ph * (hi - np.asarray(v)) / (hi - lo)      # noqa: E731
+        to_y = lambda v: top + ph * (hi - np.asarray(v)) / (hi - lo)   
     n = max(len(ys) - 1, 1)
     xticks = [t for t in _linear_ticks(0.0, float(n)) if float(t).is_integer()] or [0.0]
-    to_x = lambda i: left + pw * np.asarray(i, np.float64) / n             # noqa: E731
+    to_x = lambda i: left + pw * np.asarray(i, np.float64) / n          
     for t in yticks:
-        yy = int(round(float(to_y(t))))
+        yy = round(float(to_y(t)))
         img[yy, left:left + pw] = _GRID
         label = f"{t:g}"
         draw_text(img, left - 8 - text_width(label), yy - _GLYPH_H // 2, label)
     for t in xticks:
-        xx = int(round(float(to_x(t))))
+        xx = round(float(to_x(t)))
         img[top:top + ph, xx] = _GRID
         label = f"{int(t)}"
         draw_text(img, xx - text_width(label) // 2, top + ph + 8, label)

@@ -36,9 +36,8 @@ def blas_pools(threads: int | None = None) -> Iterator[None]:
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
                                 or threads < 1):
         raise ValueError(f"threads must be a positive int or None, got {threads!r}.")
-    from threadpoolctl import ThreadpoolController
-
     import scipy
+    from threadpoolctl import ThreadpoolController
     numpy_dirs = _package_dirs(np.__file__)
     scipy_dirs = _package_dirs(scipy.__file__)
     saved = []

@@ -33,7 +33,7 @@ class _Point:
     """One linearisation point: scipy's ``x`` (a private copy), the recordings of the
     forward pass (one per batch), and what has been computed from them."""
 
-    __slots__ = ("x", "lins", "value", "grad")
+    __slots__ = ("grad", "lins", "value", "x")
 
     def __init__(self, x: np.ndarray, lins: list) -> None:
         self.x = x
@@ -177,15 +177,20 @@ class Objective(Generic[M]):
         return None
 
     def _linearize_at(self, v: np.ndarray) -> list:
-        re, loss = self._re, self.loss
+        re: Any = self._re
+        loss = self.loss
         lins = []
         for X, Y in self.batches:
+            def predict(w: Any, X: np.ndarray = X) -> Any:
+                return re(w)(X)
+
+            def loss_of(yhat: Any, Y: np.ndarray = Y) -> Any:
+                return loss(yhat, Y)
+
             if self.curvature == "hessian":
-                lins.append(autodiff.linearize(
-                    lambda w, X=X, Y=Y: loss(re(w)(X), Y), v))
+                lins.append(autodiff.linearize(lambda w: loss_of(predict(w)), v))
             else:
-                lins.append(autodiff.linearize(
-                    lambda yhat, Y=Y: loss(yhat, Y), v, inner=lambda w, X=X: re(w)(X)))
+                lins.append(autodiff.linearize(loss_of, v, inner=predict))
         return lins
 
     def _point(self, x: Any) -> _Point:
@@ -286,7 +291,7 @@ class Objective(Generic[M]):
         batch by batch, as a training loop would (nothing to do without BatchNorm)."""
         if not self._stats:
             return
-        model = self._re(np.asarray(self._check_x(x), dtype=self.dtype), copy=False)
+        model: Any = self._re(np.asarray(self._check_x(x), dtype=self.dtype), copy=False)
         with nn.training():
             for X, _ in self.batches:
                 model(X)
