@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import fluxtree as ft
-from fluxtree.cli import _commands, _data, _models, _png, build_parser, main
+from fluxtree.cli import _data, _models, _png, build_parser, load_fitted, main
 
 SMALL = ["--dataset", "iris", "--hidden", "4", "--max-iter", "15", "--no-progress"]
 #: the folder holding the fluxtree package under test (src/ or site-packages)
@@ -56,7 +56,7 @@ def test_fit_in_a_subprocess_writes_a_loadable_checkpoint_and_a_png(tmp_path):
     for needle in ("Dense(4 => 4, tanh)", "# Total:", "accuracy:     train", "time:",
                    "evaluations:  fun", "hessp", "checkpoint:", "loss curve:"):
         assert needle in text
-    model, ckpt = _commands.model_from_checkpoint(str(out / "model.npz"))
+    model, ckpt = load_fitted(str(out / "model.npz"))
     assert ckpt["spec"] == {"inputs": 4, "hidden": [4], "outputs": 3, "activation": "tanh",
                             "batchnorm": False}
     data = _data.load("iris")
@@ -81,7 +81,7 @@ def test_fit_with_batchnorm_float32_and_target_loss(tmp_path, capsys):
     assert code == 0
     text = capsys.readouterr().out
     assert "BatchNorm(4, tanh)" in text and "callback" in text      # stopped at the target
-    model, ckpt = _commands.model_from_checkpoint(str(tmp_path / "model.npz"))
+    model, ckpt = load_fitted(str(tmp_path / "model.npz"))
     assert model[0].weight.dtype == np.float32 and ckpt["fit"]["loss"] <= 0.3
     assert np.any(model[1].running_mean != 0)                          # statistics were kept
 

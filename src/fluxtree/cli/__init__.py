@@ -23,7 +23,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-__all__ = ["build_parser", "main"]
+__all__ = ["build_parser", "load_fitted", "main"]
 
 
 class CommandError(Exception):
@@ -185,6 +185,14 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--repeat", type=_positive_int, default=1, metavar="N",
                        help="runs per cell; the table shows the median time (default: 1)")
     return parser
+
+
+def load_fitted(path: str) -> tuple[Any, dict]:
+    """The model in a checkpoint written by ``fluxtree fit``, and the whole checkpoint
+    (``spec``, ``preprocess`` with the ``mean`` and ``scale`` to apply to new inputs,
+    ``fit``); a ``CommandError`` when the file is missing or was not written by ``fit``."""
+    from ._commands import model_from_checkpoint
+    return model_from_checkpoint(path)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
