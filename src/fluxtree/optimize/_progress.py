@@ -1,8 +1,8 @@
 """The progress line of ``minimize``: iteration, loss, gradient norm, evaluations, time.
 
 On a terminal the line is redrawn in place (at most ten times a second, and at the end);
-into a file or a pipe a line is written at every tenth of the iteration budget and at the
-end, so logs stay readable.
+into a file or a pipe a line is written at every tenth of the iteration budget (every ten
+iterations when there is none) and at the end, so logs stay readable.
 """
 from __future__ import annotations
 
@@ -51,8 +51,8 @@ class ProgressBar:
                 self._last_draw = now
                 self.stream.write("\r" + self._text + "\x1b[K")
                 self.stream.flush()
-        elif self.total is not None:
-            tenth = 10 * it // self.total
+        else:
+            tenth = 10 * it // self.total if self.total is not None else it // 10
             if tenth > self._last_tenth:
                 self._last_tenth = tenth
                 self._written = self._text
