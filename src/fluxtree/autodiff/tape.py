@@ -73,7 +73,7 @@ class Tape:
     def record(self, op: Any, inputs: tuple) -> Any:
         for x in inputs:
             if isinstance(x, Tracked) and x.tape is not self:
-                raise ValueError("fluxtree.autodiff: a traced value from another derivative "
+                raise TypeError("fluxtree.autodiff: a traced value from another derivative "
                                  "evaluation was used here; nested derivatives are not "
                                  "supported (use hvp or hessian for second order).")
         values = tuple(x.value if isinstance(x, Tracked) else x for x in inputs)
