@@ -98,7 +98,12 @@ class Tape:
             if all(t is None for t in t_in):
                 t_out: Any = [None] * len(node.outputs) if multi else None
             else:
-                t_out = node.op.tangent(node.saved, t_in)
+                rule = getattr(node.op, "tangent", None)
+                if rule is None:
+                    raise TypeError(f"fluxtree.autodiff: {_op_name(node.op)} has no tangent "
+                                    f"rule, so Jacobian- and Hessian-vector products through "
+                                    f"it are not available; gradients still are.")
+                t_out = rule(node.saved, t_in)
             if multi:
                 for o, t in zip(node.outputs, t_out):
                     o.tan = t
