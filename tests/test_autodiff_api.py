@@ -14,7 +14,14 @@ import fluxtree as ft
 from fluxtree import _tracing
 from fluxtree.nn import Dropout
 from tests.helpers import Foo, NormLike, Point, TwoThirdsTrainA
-from tests.test_autodiff_ops import EXACT_TOL, FD_TOL, close, fd_gradient, fd_hvp, seeded
+from tests.test_autodiff_ops import (
+    EXACT_TOL,
+    FD_TOL,
+    close,
+    fd_gradient,
+    fd_hvp,
+    seeded,
+)
 
 XY = collections.namedtuple("XY", "x y")
 
