@@ -36,7 +36,7 @@ def _accumulate_adj(t: Tracked, g: Any) -> None:
     if g is None:
         return
     g = _fit(g, t.value.shape, t.value.dtype, 0)
-    t.adj = g if t.adj is None else t.adj + g
+    t.adj = g if t.adj is None else np.asarray(t.adj + g)     # 0-d + 0-d is a NumPy scalar
 
 
 def _accumulate_tadj(t: Tracked, g: Any) -> None:
