@@ -411,3 +411,21 @@ def test_restructure_with_unused_parameters_in_second_order():
     assert ft.hvp(lambda w: np.sum(re(w)["y"]), v, np.ones(3)).tolist() == [0, 0, 0]
     _, jv = ft.jvp(lambda w: re(w)["y"] * 2.0, v, arr(1, 1, 5))
     assert jv.tolist() == [10.0]
+
+
+def test_tied_zero_dimensional_parameter():
+    a = np.array(0.5)
+    flat, re = ft.destructure({"k0": a, "k1": a, "w": arr(1, 2)})
+    assert flat.tolist() == [0.5, 1, 2]
+
+    def loss(m):
+        return -2.0 * m["k0"] + m["k1"] ** 3 + np.sum(m["w"] * m["k0"])
+
+    def f(v):
+        return loss(re(v))
+
+    assert grad_flat(f, flat).tolist() == [-2 + 3 * 0.25 + 3, 0.5, 0.5]
+    assert ft.hessian(f, flat).tolist() == [[3.0, 1, 1], [1, 0, 0], [1, 0, 0]]
+    g = ft.gradient(loss, re.model)[0]
+    assert g["k0"] is g["k1"] and isinstance(g["k0"], np.ndarray) and g["k0"].shape == ()
+    assert float(g["k0"]) == -2 + 3 * 0.25 + 3
