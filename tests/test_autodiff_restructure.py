@@ -10,7 +10,6 @@ as a broadcast product and a sum, since traced values have no ``.T``.
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
 import fluxtree as ft
 from tests.helpers import FooTrainYX, TwoThirdsTrainA
@@ -21,6 +20,7 @@ from tests.test_autodiff_ops import (
     close,
     fd_gradient,
     fd_hvp,
+    jax_oracle,
     seeded,
 )
 
@@ -261,15 +261,15 @@ def test_seed_model_in_float32():
     assert H32.dtype == np.float32 and np.allclose(H32, H32.T, rtol=1e-5, atol=1e-5)
 
 
-def test_seed_hvp_matches_jax():
-    jax = pytest.importorskip("jax")
-    jnp = pytest.importorskip("jax.numpy")
+def seed_jax_reference() -> dict[str, np.ndarray]:
+    """``jax.jvp(jax.grad(loss))`` of the seed model on a block of 3 vectors (run by
+    ``jax_oracle`` in a child process)."""
+    import jax
+    import jax.numpy as jnp
+
     model, x = seed_model(), seed_input()
     flat, rebuild = ft.destructure(model)
     lay = rebuild.layout
-
-    def loss(v):
-        return np.sum(ft.abs2(rebuild(v)(x)))
 
     def loss_jax(v):
         leaves = [v[int(a):int(b)].reshape(s)
@@ -277,10 +277,20 @@ def test_seed_hvp_matches_jax():
         return jnp.sum(jnp.square(rebuild.with_leaves(leaves)(x)))
 
     V = seeded("seed-V").normal(size=(5, 3))
-    with jax.enable_x64(True):
-        expected = np.stack([np.asarray(jax.jvp(jax.grad(loss_jax), (flat,), (V[:, j],))[1])
-                             for j in range(3)], axis=1)
-        assert expected.dtype == np.float64
+    hv = [np.asarray(jax.jvp(jax.grad(loss_jax), (flat,), (V[:, j],))[1]) for j in range(3)]
+    return {"HV": np.stack(hv, axis=1)}
+
+
+def test_seed_hvp_matches_jax():
+    expected = jax_oracle("tests.test_autodiff_restructure", "seed_jax_reference")["HV"]
+    assert expected.dtype == np.float64
+    model, x = seed_model(), seed_input()
+    flat, rebuild = ft.destructure(model)
+
+    def loss(v):
+        return np.sum(ft.abs2(rebuild(v)(x)))
+
+    V = seeded("seed-V").normal(size=(5, 3))
     assert close(ft.hvp(loss, flat, V), expected, ORACLE_TOL)
 
 
