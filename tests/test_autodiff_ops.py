@@ -440,6 +440,13 @@ def test_integer_point_is_promoted_to_float64():
     assert ft.jvp(lambda v: v * v, np.array([3]), np.array([1]))[1].dtype == np.float64
 
 
+def test_power_zero_is_constant_even_at_zero():
+    x = np.array([0.0, 2.0])
+    assert ft.gradient(lambda v: np.sum(v ** 0 * v), x)[0].tolist() == [1.0, 1.0]
+    assert ft.hessian(lambda v: np.sum(v ** 0), x).tolist() == [[0.0, 0.0], [0.0, 0.0]]
+    assert ft.jvp(lambda v: v ** 0, x, np.ones(2))[1].tolist() == [0.0, 0.0]
+
+
 def test_python_builtin_sum_and_len_work_by_indexing():
     x = np.array([1.0, 2.0, 3.0])
     g = ft.gradient(lambda v: sum(v) * len(v), x)[0]
