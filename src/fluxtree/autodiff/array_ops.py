@@ -271,8 +271,15 @@ class Power(Elementwise):
     """``x ** p`` for a constant real ``p``."""
 
     def __init__(self, p: float) -> None:
+        if p == 0:                     # a constant: p * x ** (p - 1) would be nan at x = 0
+            super().__init__("power 0", np.ones_like, _zeros, _zeros)
+            return
         super().__init__(f"power {p}", lambda x: x ** p, lambda x, y: p * x ** (p - 1),
                          lambda x, y: p * (p - 1) * x ** (p - 2))
+
+
+def _zeros(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    return np.zeros_like(x)
 
 
 def _sech2(x: np.ndarray, y: np.ndarray) -> np.ndarray:

@@ -89,6 +89,9 @@ class Tracked(_tracing.Traced):
     def __pos__(self) -> Tracked:
         return self
 
+    def __abs__(self) -> Any:
+        return _tracing.record(ops.ELEMENTWISE[np.absolute], (self,))
+
     def __pow__(self, p: Any) -> Any:
         return ops.power(self, p)
 
