@@ -80,7 +80,7 @@ NP = SimpleNamespace(sum=np.sum, mean=np.mean, dot=np.dot, vdot=np.vdot, matmul=
                      square=np.square, abs2=ft.abs2, ftdot=ft.dot, tanh=np.tanh, exp=np.exp,
                      log=np.log, sqrt=np.sqrt, sin=np.sin, cos=np.cos, abs=np.abs,
                      add=np.add, subtract=np.subtract, multiply=np.multiply,
-                     divide=np.divide)
+                     divide=np.divide, transpose=np.transpose)
 
 
 def jax_namespace() -> SimpleNamespace:
@@ -91,7 +91,8 @@ def jax_namespace() -> SimpleNamespace:
                            negative=jnp.negative, square=jnp.square, abs2=jnp.square,
                            ftdot=jnp.vdot, tanh=jnp.tanh, exp=jnp.exp, log=jnp.log,
                            sqrt=jnp.sqrt, sin=jnp.sin, cos=jnp.cos, abs=jnp.abs, add=jnp.add,
-                           subtract=jnp.subtract, multiply=jnp.multiply, divide=jnp.divide)
+                           subtract=jnp.subtract, multiply=jnp.multiply, divide=jnp.divide,
+                           transpose=jnp.transpose)
 
 
 _JAX_CHILD = """
@@ -287,6 +288,9 @@ CASES = [
     Case("np.cos", lambda xp, a: xp.cos(a), (R23,)),
     Case("np.abs", lambda xp, a: xp.abs(a), (R23,)),
     Case("abs(a)", lambda xp, a: abs(a) * a, (R23,)),
+    # transposes
+    Case("x@W.T", lambda xp, w: C34.T @ w.T, ((2, 3),)),
+    Case("np.transpose(a,(1,0))", lambda xp, a: xp.transpose(a, (1, 0)) * C23.T, (R23,)),
     # compositions
     Case("tanh(A@v+b)", lambda xp, a, v, b: xp.tanh(a @ v + b), ((2, 3), (3,), (2,))),
     Case("log(sum(exp))", lambda xp, a: xp.log(xp.sum(xp.exp(a), axis=1)), (R23,)),
@@ -547,6 +551,11 @@ def test_unsupported_operation_raises_type_error_naming_it(name, f, match):
         info.value)
     if "not supported on a traced value" in str(info.value):
         assert "Supported: + - * /" in str(info.value)
+
+
+def test_unknown_attribute_names_the_supported_set():
+    with pytest.raises(AttributeError, match="no attribute 'max'.*Supported: "):
+        ft.gradient(lambda v: v.max(), np.array([0.5, -1.0, 2.0]))
 
 
 def test_unsupported_operation_also_raises_inside_hvp_and_jvp():

@@ -19,7 +19,7 @@ import numpy as np
 from .. import _tracing
 
 SUPPORTED = ("+ - * / (with broadcasting), unary -, ** with a constant exponent, @, indexing, "
-             "reshape, sum, mean, square/abs2, dot, exp, log, tanh, sqrt, sin, cos, abs, "
+             "reshape, .T/transpose, sum, mean, square/abs2, dot, exp, log, tanh, sqrt, sin, cos, abs, "
              "and fluxtree layers, activations, losses and Restructure")
 
 
@@ -410,6 +410,33 @@ class Reshape:
 
     def __repr__(self) -> str:
         return "reshape"
+
+
+class Transpose:
+    """``x.T`` / ``np.transpose(x, axes)``."""
+
+    linear = True
+
+    def __init__(self, axes: tuple | None) -> None:
+        self.axes = axes
+
+    def forward(self, inputs: tuple) -> tuple[np.ndarray, tuple]:
+        x = np.asarray(inputs[0])
+        axes = tuple(reversed(range(x.ndim))) if self.axes is None else tuple(
+            int(a) % max(x.ndim, 1) for a in self.axes)
+        return x.transpose(axes), (axes, tuple(np.argsort(axes)))
+
+    def backward(self, saved: tuple, d: np.ndarray, needs: tuple) -> tuple:
+        return (np.asarray(d).transpose(saved[1]),)
+
+    def tangent(self, saved: tuple, t: tuple) -> np.ndarray:
+        return t[0].transpose((0,) + tuple(a + 1 for a in saved[0]))
+
+    def tangent_backward(self, saved: tuple, t: tuple, d: Any, td: Any, needs: tuple) -> tuple:
+        return (None if td is None else td.transpose((0,) + tuple(a + 1 for a in saved[1])),)
+
+    def __repr__(self) -> str:
+        return "transpose"
 
 
 # ---------------------------------------------------------------------------- functions
