@@ -528,6 +528,8 @@ class _RestructureOp:
 
     def tangent_backward(self, dtype: np.dtype, t_inputs: tuple, d_outs: Any, t_d_outs: list,
                          needs: tuple) -> tuple:
+        if t_d_outs is None:                        # linear: no adjoint tangent, none out
+            return (None,)
         k = next(t.shape[0] for t in t_d_outs if t is not None)
         out = np.zeros((k, self.layout.length), dtype)
         for (a, b), t in zip(self._slices(), t_d_outs):

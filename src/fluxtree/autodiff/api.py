@@ -31,7 +31,8 @@ class _Watched:
         if not self.tracked:
             return None
         if self.params is None:                          # a plain array argument
-            return _owned(self.tracked[0])
+            g = _owned(self.tracked[0])
+            return np.zeros_like(self.arg) if g is None else g
         grads = {id(p): _owned(t) for p, t in zip(self.params, self.tracked)}
         return functors.fmapstructure(lambda leaf: grads.get(id(leaf)), self.arg)
 

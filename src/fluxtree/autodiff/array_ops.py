@@ -19,7 +19,7 @@ import numpy as np
 from .. import _tracing
 
 SUPPORTED = ("+ - * / (with broadcasting), unary -, ** with a constant exponent, @, indexing, "
-             "reshape, sum, mean, square/abs2, dot, exp, log, tanh, sqrt, sin, cos, abs, "
+             "reshape, .T/transpose, sum, mean, square/abs2, dot, exp, log, tanh, sqrt, sin, cos, abs, "
              "and fluxtree layers, activations, losses and Restructure")
 
 
@@ -271,8 +271,15 @@ class Power(Elementwise):
     """``x ** p`` for a constant real ``p``."""
 
     def __init__(self, p: float) -> None:
+        if p == 0:                     # a constant: p * x ** (p - 1) would be nan at x = 0
+            super().__init__("power 0", np.ones_like, _zeros, _zeros)
+            return
         super().__init__(f"power {p}", lambda x: x ** p, lambda x, y: p * x ** (p - 1),
                          lambda x, y: p * (p - 1) * x ** (p - 2))
+
+
+def _zeros(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    return np.zeros_like(x)
 
 
 def _sech2(x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -403,6 +410,33 @@ class Reshape:
 
     def __repr__(self) -> str:
         return "reshape"
+
+
+class Transpose:
+    """``x.T`` / ``np.transpose(x, axes)``."""
+
+    linear = True
+
+    def __init__(self, axes: tuple | None) -> None:
+        self.axes = axes
+
+    def forward(self, inputs: tuple) -> tuple[np.ndarray, tuple]:
+        x = np.asarray(inputs[0])
+        axes = tuple(reversed(range(x.ndim))) if self.axes is None else tuple(
+            int(a) % max(x.ndim, 1) for a in self.axes)
+        return x.transpose(axes), (axes, tuple(np.argsort(axes)))
+
+    def backward(self, saved: tuple, d: np.ndarray, needs: tuple) -> tuple:
+        return (np.asarray(d).transpose(saved[1]),)
+
+    def tangent(self, saved: tuple, t: tuple) -> np.ndarray:
+        return t[0].transpose((0,) + tuple(a + 1 for a in saved[0]))
+
+    def tangent_backward(self, saved: tuple, t: tuple, d: Any, td: Any, needs: tuple) -> tuple:
+        return (None if td is None else td.transpose((0,) + tuple(a + 1 for a in saved[1])),)
+
+    def __repr__(self) -> str:
+        return "transpose"
 
 
 # ---------------------------------------------------------------------------- functions

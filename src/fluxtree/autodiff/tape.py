@@ -36,7 +36,7 @@ def _accumulate_adj(t: Tracked, g: Any) -> None:
     if g is None:
         return
     g = _fit(g, t.value.shape, t.value.dtype, 0)
-    t.adj = g if t.adj is None else t.adj + g
+    t.adj = g if t.adj is None else np.asarray(t.adj + g)     # 0-d + 0-d is a NumPy scalar
 
 
 def _accumulate_tadj(t: Tracked, g: Any) -> None:
@@ -73,7 +73,7 @@ class Tape:
     def record(self, op: Any, inputs: tuple) -> Any:
         for x in inputs:
             if isinstance(x, Tracked) and x.tape is not self:
-                raise ValueError("fluxtree.autodiff: a traced value from another derivative "
+                raise TypeError("fluxtree.autodiff: a traced value from another derivative "
                                  "evaluation was used here; nested derivatives are not "
                                  "supported (use hvp or hessian for second order).")
         values = tuple(x.value if isinstance(x, Tracked) else x for x in inputs)
@@ -101,8 +101,8 @@ class Tape:
                 rule = getattr(node.op, "tangent", None)
                 if rule is None:
                     raise TypeError(f"fluxtree.autodiff: {_op_name(node.op)} has no tangent "
-                                    f"rule (forward mode), so jvp, hvp and hessian through it "
-                                    f"are not available; gradients still are.")
+                                    f"rule, so Jacobian- and Hessian-vector products through "
+                                    f"it are not available; gradients still are.")
                 t_out = rule(node.saved, t_in)
             if multi:
                 for o, t in zip(node.outputs, t_out):

@@ -89,6 +89,9 @@ class Tracked(_tracing.Traced):
     def __pos__(self) -> Tracked:
         return self
 
+    def __abs__(self) -> Any:
+        return _tracing.record(ops.ELEMENTWISE[np.absolute], (self,))
+
     def __pow__(self, p: Any) -> Any:
         return ops.power(self, p)
 
@@ -107,6 +110,22 @@ class Tracked(_tracing.Traced):
         if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
             shape = tuple(shape[0])
         return _tracing.record(ops.Reshape(tuple(shape)), (self,))
+
+    @property
+    def T(self) -> Any:
+        return _tracing.record(ops.Transpose(None), (self,))
+
+    def transpose(self, *axes: Any) -> Any:
+        if len(axes) == 1 and isinstance(axes[0], (tuple, list)):
+            axes = tuple(axes[0])
+        return _tracing.record(ops.Transpose(tuple(axes) or None), (self,))
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        raise AttributeError(f"fluxtree.autodiff: a traced value has no attribute {name!r} "
+                             f"(no derivative rule for it). Supported: {ops.SUPPORTED}. Use "
+                             f"`.value` to read the plain array.")
 
     def sum(self, axis: Any = None, keepdims: bool = False) -> Any:
         return ops.reduce(self, axis, keepdims)
@@ -191,6 +210,10 @@ def _npdot(a: Any, b: Any, out: Any = None) -> Any:
     return ops.binary(ops.MatMul, a, b)
 
 
+def _transpose(x: Any, axes: Any = None) -> Any:
+    return x.transpose(axes) if axes is not None else x.T
+
+
 def _reshape(x: Any, shape: Any, **kw: Any) -> Any:
     if kw or not isinstance(x, Tracked):
         raise ops.unsupported("np.reshape with order or copy")
@@ -198,6 +221,6 @@ def _reshape(x: Any, shape: Any, **kw: Any) -> Any:
 
 
 _FUNCTIONS: dict[Any, Callable[..., Any]] = {np.sum: _sum, np.mean: _mean, np.dot: _npdot, np.vdot: ops.dot,
-              np.reshape: _reshape, np.shape: lambda x: np.shape(_plain(x)),
+              np.reshape: _reshape, np.transpose: _transpose, np.shape: lambda x: np.shape(_plain(x)),
               np.ndim: lambda x: np.ndim(_plain(x)), np.size: lambda x, axis=None: np.size(
                   _plain(x), axis)}
