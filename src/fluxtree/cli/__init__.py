@@ -123,9 +123,9 @@ def _add_fit_options(p: argparse.ArgumentParser) -> None:
                    help="stop as soon as the training loss is at or below L")
     p.add_argument("--test-fraction", type=_fraction, default=0.2, metavar="F",
                    help="share of the data held out for testing (default: 0.2)")
-    p.add_argument("--threads", type=_positive_int, default=None, metavar="N",
-                   help="BLAS threads of fluxtree's kernels (default: as the BLAS "
-                        "library starts; NumPy's own pool always runs 1 thread)")
+    p.add_argument("--threads", type=_positive_int, default=1, metavar="N",
+                   help="BLAS threads of fluxtree's kernels during the fit (default: 1; "
+                        "NumPy's own pool always runs 1 thread)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -175,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "installed, and print wall time, evaluations, final loss and "
                     "accuracy.")
     _add_fit_options(bench)
-    bench.set_defaults(target_loss=0.02, threads=1)
+    bench.set_defaults(target_loss=0.02)
     bench.add_argument("--methods", type=_method_list,
                        default=["trust-krylov", "Newton-CG", "L-BFGS-B"], metavar="LIST",
                        help="comma-separated scipy methods (default: "

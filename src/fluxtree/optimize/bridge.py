@@ -140,7 +140,7 @@ def minimize(model: M, loss: Callable[[Any, Any], Any], data: Any,
              callback: Callable[[scipy.optimize.OptimizeResult], Any] | None = None,
              progress: bool | TextIO = True, bounds: Any = None, tol: float | None = None,
              dtype: Any = np.float64, curvature: str = "hessian",
-             threads: int | None = None) -> tuple[scipy.optimize.OptimizeResult, M]:
+             threads: int | None = 1) -> tuple[scipy.optimize.OptimizeResult, M]:
     """Fit ``model`` to ``data`` with ``scipy.optimize.minimize``; returns (result, model).
 
     The objective is ``Objective(model, loss, data, dtype=, curvature=)``: the loss summed
@@ -158,7 +158,7 @@ def minimize(model: M, loss: Callable[[Any, Any], Any], data: Any,
     False, or a stream) and ``callback(intermediate_result)`` is called with scipy's
     ``OptimizeResult`` (``x``, ``fun``); raising ``StopIteration`` there stops the run.
     NumPy's BLAS pool runs one thread meanwhile and SciPy's, which the kernels use, runs
-    ``threads`` (None: unchanged; see ``fluxtree.optimize._threads``).
+    ``threads`` (default 1; None leaves it as it is; see ``fluxtree.optimize._threads``).
 
     The result is scipy's, with ``history`` (the loss at the start and at each accepted
     iterate) and ``counts`` (``Objective.counts``) added; the model is a new one with the
