@@ -19,6 +19,7 @@ optimisation that fails), 2 for bad arguments, 130 when interrupted.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -209,6 +210,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("fluxtree: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:                  # `fluxtree inspect ... | head`
+        sys.stdout = open(os.devnull, "w")   # noqa: SIM115 - stays open until exit
+        return 141
     except (CommandError, OSError, ValueError) as e:
         message = str(e) if not isinstance(e, OSError) or not e.filename else (
             f"{e.strerror}: {e.filename!r}")
