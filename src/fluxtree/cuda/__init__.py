@@ -27,7 +27,7 @@ import numpy as np
 
 __all__ = ["KERNELS", "SOURCE_DIR", "PackPlan", "batchnorm_backward", "batchnorm_forward",
            "batchnorm_tangent", "dense_backward", "dense_forward", "dense_tangent",
-           "dense_tangent_backward", "kernel", "new_leaves", "pack", "scatter", "source"]
+           "dense_tangent_backward", "kernel", "new_leaves", "pack", "pack_table", "scatter", "source"]
 
 SOURCE_DIR = Path(__file__).resolve().parent
 
@@ -129,6 +129,23 @@ def _sum_splits(partial: Any, n: int, splits: int, pstride: int, scale: float, o
 
 # --------------------------------------------------------------------------- packing
 
+def pack_table(ptrs: np.ndarray, sizes: np.ndarray, codes: np.ndarray,
+               starts: np.ndarray) -> tuple[np.ndarray, int, int]:
+    """The int64 table of the pack kernels (its layout is described in pack.cu) for segments
+    with the given data pointers, sizes, dtype codes and flat starts, with the chunk size and
+    the number of chunks."""
+    n = len(sizes)
+    offsets = np.zeros(n + 1, np.int64)
+    np.cumsum(sizes, out=offsets[1:])
+    total = int(offsets[n])
+    chunk = max(_MIN_CHUNK, -(-total // _MAX_CHUNKS))
+    nchunks = -(-total // chunk)
+    positions = np.minimum(np.arange(nchunks + 1, dtype=np.int64) * chunk, max(total - 1, 0))
+    first = np.searchsorted(offsets[:n], positions, side="right") - 1
+    parts = (ptrs, offsets, codes, starts, first)
+    return np.concatenate([np.asarray(p, np.int64) for p in parts]), chunk, nchunks
+
+
 class PackPlan:
     """The device table of a list of C-contiguous arrays (float16/32/64, complex64/128):
     ``pack`` copies them into a flat vector and ``scatter`` copies a vector back into them,
@@ -149,7 +166,7 @@ class PackPlan:
             raise ValueError(f"Expected {n} starts, got shape {starts.shape}.")
         codes = np.empty(n, np.int64)
         ptrs = np.empty(n, np.int64)
-        offsets = np.zeros(n + 1, np.int64)
+        sizes = np.empty(n, np.int64)
         for j, a in enumerate(arrays):
             code = _PACK_CODES.get(np.dtype(a.dtype))
             if code is None:
@@ -161,20 +178,13 @@ class PackPlan:
             if starts[j] < 0 or starts[j] + a.size > length:
                 raise ValueError(f"Array {j} of {a.size} elements at {starts[j]} does not fit in "
                                  f"a vector of length {length}.")
-            codes[j] = code
-            ptrs[j] = a.data.ptr
-            offsets[j + 1] = offsets[j] + a.size
+            codes[j], ptrs[j], sizes[j] = code, a.data.ptr, a.size
         self.arrays = list(arrays)          # keeps the memory the table points to alive
         self.length = int(length)
-        self.total = int(offsets[n])
-        self.chunk = max(_MIN_CHUNK, -(-self.total // _MAX_CHUNKS))
-        self.nchunks = -(-self.total // self.chunk)
-        positions = np.minimum(np.arange(self.nchunks + 1, dtype=np.int64) * self.chunk,
-                               max(self.total - 1, 0))
-        first = np.searchsorted(offsets[:n], positions, side="right") - 1
         self.n = n
-        self.table = cp.asarray(np.concatenate([ptrs, offsets, codes, starts,
-                                                first.astype(np.int64)]))
+        self.total = int(sizes.sum())
+        table, self.chunk, self.nchunks = pack_table(ptrs, sizes, codes, starts)
+        self.table = cp.asarray(table)
 
     def _run(self, name: str, flat: Any) -> None:
         code = _PACK_CODES.get(np.dtype(flat.dtype))

@@ -1,10 +1,12 @@
 /*
  * fluxtree/cuda/common.cuh -- what the CUDA kernels share: integer types, the activations with
- * their first and second derivatives, and the segment search of the pack kernels.
+ * their first and second derivatives, the index walks of the pack and elementwise kernels,
+ * and the column sums.
  *
  * Compiled at run time by NVRTC (cupy.RawModule): no host header is included, only what NVRTC
- * provides built in (the CUDA math functions).  Every function here is __host__ __device__ so
- * that the test suite can compile it for the CPU with nvcc and compare it with the C kernels.
+ * provides built in (the CUDA math functions).  Everything here but the column sums is
+ * __host__ __device__, so that the test suite can compile it for the CPU with nvcc and check
+ * it there (activations against the C kernels, index walks against direct arithmetic).
  *
  * Activation codes, as include/fluxtree/act.h defines them:
  *   0 identity   x
@@ -180,6 +182,30 @@ FT_HD ft_i64 ft_find_segment(const ft_i64 *offsets, ft_i64 lo, ft_i64 hi, ft_i64
             hi = mid - 1;
     }
     return lo;
+}
+
+/* The work of thread t of block b (of nb blocks of nt threads) in the pack kernels (pack.cu,
+ * which describes the table): visit(seg, k, f) for each work position i it owns, element k of
+ * segment seg, at flat[f].  Block b owns chunks b, b + nb, ...; each position's segment is
+ * searched in [first[c], first[c+1]], from the segment of the thread's previous position. */
+template <class V>
+FT_HD void ft_pack_walk(const ft_i64 *table, ft_i64 n, ft_i64 nchunks, ft_i64 chunk,
+                        ft_i64 b, ft_i64 nb, ft_i64 t, ft_i64 nt, const V &visit)
+{
+    const ft_i64 *offsets = table + n;
+    const ft_i64 *starts = table + 3 * n + 1;
+    const ft_i64 *first = table + 4 * n + 1;
+    const ft_i64 total = offsets[n];
+    for (ft_i64 c = b; c < nchunks; c += nb) {
+        const ft_i64 hi = first[c + 1];
+        const ft_i64 end = (c + 1) * chunk < total ? (c + 1) * chunk : total;
+        ft_i64 seg = first[c];
+        for (ft_i64 i = c * chunk + t; i < end; i += nt) {
+            seg = ft_find_segment(offsets, seg, hi, i);
+            const ft_i64 k = i - offsets[seg];
+            visit(seg, k, starts[seg] + k);
+        }
+    }
 }
 
 /* ------------------------------------------------------------------ index bookkeeping */

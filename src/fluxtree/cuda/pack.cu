@@ -84,33 +84,28 @@ __device__ __forceinline__ void ft_store(void *p, ft_i64 k, int code, ft_val v)
     }
 }
 
-/* TO_FLAT: flat[starts[j] + k] = segment j's element k (pack); else the reverse (scatter). */
+/* Copies one element: flat[f] = element k of a segment (pack), or the reverse (scatter). */
+template <bool TO_FLAT> struct ft_copy {
+    const ft_i64 *ptrs, *codes;
+    void *flat;
+    int flat_code;
+    __device__ void operator()(ft_i64 seg, ft_i64 k, ft_i64 f) const
+    {
+        void *leaf = (void *)ptrs[seg];
+        const int code = (int)codes[seg];
+        if (TO_FLAT)
+            ft_store(flat, f, flat_code, ft_load(leaf, k, code));
+        else
+            ft_store(leaf, k, code, ft_load(flat, f, flat_code));
+    }
+};
+
 template <bool TO_FLAT>
 __device__ void ft_pack_run(const ft_i64 *table, ft_i64 n, ft_i64 nchunks, ft_i64 chunk,
                             void *flat, int flat_code)
 {
-    const ft_i64 *ptrs = table;
-    const ft_i64 *offsets = table + n;
-    const ft_i64 *codes = table + 2 * n + 1;
-    const ft_i64 *starts = table + 3 * n + 1;
-    const ft_i64 *first = table + 4 * n + 1;
-    const ft_i64 total = offsets[n];
-    for (ft_i64 c = blockIdx.x; c < nchunks; c += gridDim.x) {
-        const ft_i64 hi = first[c + 1];
-        const ft_i64 end = (c + 1) * chunk < total ? (c + 1) * chunk : total;
-        ft_i64 seg = first[c];
-        for (ft_i64 i = c * chunk + threadIdx.x; i < end; i += blockDim.x) {
-            seg = ft_find_segment(offsets, seg, hi, i);
-            void *leaf = (void *)ptrs[seg];
-            const ft_i64 k = i - offsets[seg];
-            const ft_i64 f = starts[seg] + k;
-            const int code = (int)codes[seg];
-            if (TO_FLAT)
-                ft_store(flat, f, flat_code, ft_load(leaf, k, code));
-            else
-                ft_store(leaf, k, code, ft_load(flat, f, flat_code));
-        }
-    }
+    const ft_copy<TO_FLAT> copy = {table, table + 2 * n + 1, flat, flat_code};
+    ft_pack_walk(table, n, nchunks, chunk, blockIdx.x, gridDim.x, threadIdx.x, blockDim.x, copy);
 }
 
 /* flat[starts[j] + k] = segments[j][k], cast to flat's dtype */
