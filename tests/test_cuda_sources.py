@@ -35,6 +35,16 @@ def test_sources_include_only_common_cuh(name):
     assert includes == ([] if name == "common.cuh" else ['"common.cuh"'])
 
 
+HOST_NAMES = r"\b(NULL|INFINITY|NAN|HUGE_VALF?|printf|malloc|free|assert|size_t|u?int\d+_t|std::)"
+
+
+@pytest.mark.parametrize("name", [*SOURCES, "common.cuh"])
+def test_sources_use_no_names_from_host_headers(name):
+    """NVRTC defines none of these (they come from stddef.h, math.h, stdint.h, ...)."""
+    code = re.sub(r"/\*.*?\*/", "", (cuda.SOURCE_DIR / name).read_text(), flags=re.DOTALL)
+    assert re.findall(HOST_NAMES, code) == []
+
+
 def test_source_inlines_the_header():
     text = cuda.source("pack.cu")
     assert "#include" not in text

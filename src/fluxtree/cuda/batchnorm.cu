@@ -116,7 +116,7 @@ template <typename T> struct ft_bn_moment {
     __device__ ft_pair operator()(ft_i64 k, ft_i64 i, ft_i64 c) const
     {
         const double v = (double)x[i];
-        if (mean == NULL)
+        if (mean == nullptr)
             return ft_pair{v, 0.0};
         const double d = v - mean[c];
         return ft_pair{d * d, 0.0};
@@ -137,7 +137,7 @@ __device__ void ft_bn_coefs_run(double *w, ft_i64 C, const T *gamma, const T *be
             const double var = w[C + c];
             mean = w[c];
             invstd = 1.0 / sqrt(var + eps);
-            if (rmean != NULL) {
+            if (rmean != nullptr) {
                 rmean[c] = (T)((1.0 - momentum) * (double)rmean[c] + momentum * mean);
                 rvar[c] = (T)((1.0 - momentum) * (double)rvar[c]
                               + momentum * var * m / (m - 1.0));
@@ -146,8 +146,8 @@ __device__ void ft_bn_coefs_run(double *w, ft_i64 C, const T *gamma, const T *be
             mean = w[c];
             invstd = w[C + c];
         }
-        const double gs = gamma != NULL ? (double)gamma[c] * invstd : invstd;
-        const double sh = beta != NULL ? (double)beta[c] : 0.0;
+        const double gs = gamma != nullptr ? (double)gamma[c] * invstd : invstd;
+        const double sh = beta != nullptr ? (double)beta[c] : 0.0;
         w[c] = mean;
         w[C + c] = invstd;
         w[2 * C + c] = gs;
@@ -230,8 +230,8 @@ template <typename T> struct ft_bn_tangent_terms {
     }
 };
 
-/* M = the means of tx and tx xh, M[k C + c] = mt, M[(K + k) C + c] = mxt, or NULL (zero);
- * tx, tg (K, C) and tb (K, C) may be NULL (zero). */
+/* M = the means of tx and tx xh, M[k C + c] = mt, M[(K + k) C + c] = mxt, or null (zero);
+ * tx, tg (K, C) and tb (K, C) may be null (zero). */
 template <typename T>
 __device__ void ft_bn_tangent_run(const T *x, const double *w, const double *M, const T *tx,
                                   const T *tg, const T *tb, T *ty, ft_i64 N, ft_i64 C,
@@ -247,12 +247,12 @@ __device__ void ft_bn_tangent_run(const T *x, const double *w, const double *M, 
         for (ft_i64 i = i0; i < n; i += stride, it.advance()) {
             const ft_i64 c = it.c;
             const double gs = w[2 * C + c];
-            const double mt = M != NULL ? M[k * C + c] : 0.0;
-            const double mxt = M != NULL ? M[(K + k) * C + c] : 0.0;
+            const double mt = M != nullptr ? M[k * C + c] : 0.0;
+            const double mxt = M != nullptr ? M[(K + k) * C + c] : 0.0;
             const double xh = ft_bn_xh((double)x[i], w, C, c);
-            double tu = ((tg != NULL ? (double)tg[k * C + c] : 0.0) - gs * mxt) * xh
-                        + (tb != NULL ? (double)tb[k * C + c] : 0.0) - gs * mt;
-            if (tx != NULL)
+            double tu = ((tg != nullptr ? (double)tg[k * C + c] : 0.0) - gs * mxt) * xh
+                        + (tb != nullptr ? (double)tb[k * C + c] : 0.0) - gs * mt;
+            if (tx != nullptr)
                 tu += gs * (double)tx[k * n + i];
             const T u = ft_bn_u(x[i], w, C, c);
             ty[k * n + i] = (T)((double)ft_act_d1(act, u, ft_act(act, u)) * tu);

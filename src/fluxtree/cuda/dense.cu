@@ -34,7 +34,7 @@ __device__ void ft_dense_bias_act_run(T *z, const T *b, T *y, ft_i64 rows, ft_i6
     ft_channel_iter it(i, stride, cols, 1);
     for (; i < n; i += stride, it.advance()) {
         T v = z[i];
-        if (b != NULL)
+        if (b != nullptr)
             v += b[it.c];
         if (y != z)
             z[i] = v;
@@ -59,7 +59,7 @@ __device__ void ft_dense_delta_run(const T *z, const T *y, const T *dy, T *delta
             delta[ko + i] = d;
             acc += (double)d;
         }
-    if (partial != NULL)
+    if (partial != nullptr)
         ft_column_partial<1>(&acc, partial, K, k, cols, col);
 }
 
@@ -76,11 +76,11 @@ __device__ void ft_dense_tangent_run(const T *z, const T *y, const T *tb, T *tz,
         ft_channel_iter it(i0, stride, cols, 1);
         for (ft_i64 i = i0; i < n; i += stride, it.advance()) {
             T t = tz[k * n + i];
-            if (tb != NULL) {
+            if (tb != nullptr) {
                 t += tb[k * cols + it.c];
                 tz[k * n + i] = t;
             }
-            if (ty != NULL)
+            if (ty != nullptr)
                 ty[k * n + i] = ft_act_d1(act, z[i], y[i]) * t;
         }
     }
@@ -94,21 +94,21 @@ __device__ void ft_dense_rdelta_run(const T *z, const T *y, const T *dy, const T
     const ft_i64 col = (ft_i64)blockIdx.x * 32 + threadIdx.x;
     const ft_i64 k = blockIdx.z;
     const ft_i64 ko = k * rows * cols;
-    const bool curv = dy != NULL && tz != NULL && ft_act_has_d2(act);
+    const bool curv = dy != nullptr && tz != nullptr && ft_act_has_d2(act);
     double acc = 0.0;
     if (col < cols)
         for (ft_i64 r = (ft_i64)blockIdx.y * FT_RED_ROWS + threadIdx.y; r < rows;
              r += (ft_i64)gridDim.y * FT_RED_ROWS) {
             const ft_i64 i = r * cols + col;
             T d = (T)0;
-            if (tdy != NULL)
+            if (tdy != nullptr)
                 d = tdy[ko + i] * ft_act_d1(act, z[i], y[i]);
             if (curv)
                 d += dy[i] * ft_act_d2(act, z[i], y[i]) * tz[ko + i];
             rdelta[ko + i] = d;
             acc += (double)d;
         }
-    if (partial != NULL)
+    if (partial != nullptr)
         ft_column_partial<1>(&acc, partial, K, k, cols, col);
 }
 
