@@ -247,7 +247,9 @@ def _gemm(ta: str, tb: str, a: Any, b: Any, out: Any, beta: float = 0.0) -> None
         if beta == 0.0:
             out.fill(0)
         return
-    _cupy().cublas.gemm(ta, tb, a, b, out=out, alpha=1.0, beta=beta)
+    from cupy import cublas  # a submodule that `import cupy` may not load
+
+    cublas.gemm(ta, tb, a, b, out=out, alpha=1.0, beta=beta)
 
 
 def _column_launch(rows: int, cols: int, k: int) -> tuple[tuple, tuple, int]:
