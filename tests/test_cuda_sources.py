@@ -379,6 +379,38 @@ def test_gpu_pack_plan_with_gaps_and_one_launch():
         cuda.PackPlan([cp.ones((3, 3))[:, 0]], [0], 3)
 
 
+def test_block_layout_aligns_every_array():
+    offsets, nbytes = cuda._block_layout([(2, 3), (), (0,), (5,)],
+                                         [np.dtype("f4"), np.dtype("f8"), np.dtype("c16"),
+                                          np.dtype("f2")])
+    np.testing.assert_array_equal(offsets, [0, 256, 512, 512])
+    assert nbytes == 768
+
+
+@gpu
+def test_gpu_plan_for_new_leaves_serves_every_block():
+    import cupy as cp
+    shapes, dtypes = [(2, 3), (), (4,)], [np.dtype("f4"), np.dtype("f8"), np.dtype("c8")]
+    plan = cuda.PackPlan.for_new_leaves(shapes, dtypes, [0, 6, 7], 11)
+    blocks = []
+    for scale in (1.0, -2.0):
+        v = cp.arange(11.0) * scale
+        block, leaves = plan.new_leaves()
+        blocks.append(block)
+        plan.scatter(v, block)
+        host = cp.asnumpy(v)
+        np.testing.assert_array_equal(cp.asnumpy(leaves[0]), host[:6].reshape(2, 3))
+        np.testing.assert_array_equal(cp.asnumpy(leaves[1]), host[6])
+        np.testing.assert_array_equal(cp.asnumpy(leaves[2]), host[7:].astype(np.complex64))
+        out = cp.zeros(11)
+        np.testing.assert_array_equal(cp.asnumpy(plan.pack(out, block)), host)
+    assert blocks[0].data.ptr != blocks[1].data.ptr
+    with pytest.raises(ValueError, match="needs the block"):
+        plan.scatter(cp.zeros(11))
+    with pytest.raises(ValueError, match="needs a plan made by"):
+        cuda.PackPlan([cp.zeros(2)], [0], 2).new_leaves()
+
+
 def _np_act(code, z, order=0):
     z64 = np.asarray(z, np.float64)
     if order == 0:

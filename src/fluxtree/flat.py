@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sys
 import warnings
+import weakref
 from typing import Any, Generic, TypeVar
 
 import numpy as np
@@ -327,7 +328,7 @@ def destructure(model: M) -> tuple[np.ndarray, Restructure[M]]:
     """
     layout, walker = _layout_of(model)
     if _on_gpu(layout):
-        return cuda.pack(layout.params, layout.offsets, layout.dtype), Restructure(model, layout)
+        return _gpu_pack(layout, None), Restructure(model, layout)
     flat = np.empty(layout.length, layout.dtype)
     _gather(layout.params, layout.offsets, flat, layout.native)
     _warn_aliases(layout, walker.views, model)
@@ -337,6 +338,37 @@ def destructure(model: M) -> tuple[np.ndarray, Restructure[M]]:
 def _on_gpu(layout: Layout) -> bool:
     """The parameters are CuPy arrays (``_check_device`` has ruled out a mix)."""
     return bool(layout.params) and not isinstance(layout.params[0], np.ndarray)
+
+
+#: the device tables of GPU layouts, made on first use: "pack" for the parameters (False when
+#: some are not C-contiguous: packed through copies each time), "unpack" for fresh leaves
+_gpu_plans: weakref.WeakKeyDictionary[Layout, dict[str, Any]] = weakref.WeakKeyDictionary()
+
+
+def _gpu_plan(layout: Layout, kind: str) -> Any:
+    plans = _gpu_plans.setdefault(layout, {})
+    if kind not in plans:
+        start, n = layout.offsets[:-1], layout.length
+        if kind == "unpack":
+            plans[kind] = cuda.PackPlan.for_new_leaves(layout.shapes, layout.dtypes, start, n)
+        elif all(p.flags.c_contiguous for p in layout.params):
+            plans[kind] = cuda.PackPlan(layout.params, start, n)
+        else:
+            plans[kind] = False
+    return plans[kind]
+
+
+def _gpu_pack(layout: Layout, out: Any) -> Any:
+    """The parameters of a GPU layout in ``out`` (or a new vector of the layout's dtype), in
+    one launch."""
+    cp = sys.modules["cupy"]
+    if out is None:
+        out = cp.empty(layout.length, layout.dtype)
+    plan = _gpu_plan(layout, "pack")
+    if plan is False:
+        params = [p if p.flags.c_contiguous else cp.ascontiguousarray(p) for p in layout.params]
+        plan = cuda.PackPlan(params, layout.offsets[:-1], layout.length)
+    return plan.pack(out)
 
 
 def _as_gpu_vector(v: Any, n: int) -> Any:
@@ -366,8 +398,9 @@ def _gpu_leaves(layout: Layout, v: Any, copy: bool) -> list:
     v = _as_gpu_vector(v, layout.length)
     off = layout.offsets
     if copy:
-        new = cuda.new_leaves(layout.shapes, layout.dtypes)
-        cuda.scatter(v, off[:-1], new)
+        plan = _gpu_plan(layout, "unpack")
+        block, new = plan.new_leaves()
+        plan.scatter(v, block)
         return new
     same = [j for j, d in enumerate(layout.dtypes) if d == v.dtype]
     other = [j for j, d in enumerate(layout.dtypes) if d != v.dtype]
@@ -524,7 +557,7 @@ class Restructure(Generic[M]):
                 "Restructure.flatten: for a model on the GPU only the model itself can be "
                 "packed yet; pass it, or move the tree to the host with fluxtree.cpu.")
         if out is None:
-            return cuda.pack(lay.params, lay.offsets, lay.dtype)
+            return _gpu_pack(lay, None)
         if not hasattr(out, "__cuda_array_interface__") or out.ndim != 1 \
                 or out.shape[0] != lay.length:
             got = f"shape {out.shape}" if hasattr(out, "shape") else type(out).__name__
@@ -534,9 +567,7 @@ class Restructure(Generic[M]):
                 or not np.can_cast(lay.dtype, out.dtype, "same_kind"):
             raise TypeError(f"Restructure.flatten: out must be a contiguous float or complex "
                             f"vector that dtype {lay.dtype} casts to, got dtype {out.dtype}.")
-        cp = sys.modules["cupy"]
-        params = [p if p.flags.c_contiguous else cp.ascontiguousarray(p) for p in lay.params]
-        return cuda.PackPlan(params, lay.offsets[:-1], lay.length).pack(out)
+        return _gpu_pack(lay, out)
 
     @staticmethod
     def _pack(values: list, offsets: np.ndarray, out: np.ndarray, holes: bool,

@@ -146,6 +146,34 @@ def pack_table(ptrs: np.ndarray, sizes: np.ndarray, codes: np.ndarray,
     return np.concatenate([np.asarray(p, np.int64) for p in parts]), chunk, nchunks
 
 
+def _block_layout(shapes: Sequence[tuple[int, ...]],
+                  dtypes: Sequence[np.dtype]) -> tuple[np.ndarray, int]:
+    """Byte offsets of arrays of these shapes and dtypes in one block (each 256-byte
+    aligned), and the block's size."""
+    nbytes = np.array([int(np.prod(s, dtype=np.int64)) * np.dtype(d).itemsize
+                       for s, d in zip(shapes, dtypes)], np.int64)
+    starts = np.zeros(len(nbytes) + 1, np.int64)
+    np.cumsum((nbytes + 255) // 256 * 256, out=starts[1:])
+    return starts[:-1], int(starts[-1])
+
+
+def _views(block: Any, shapes: Sequence[tuple[int, ...]], dtypes: Sequence[np.dtype],
+           offsets: np.ndarray) -> list:
+    cp = _cupy()
+    return [cp.ndarray(s, d, memptr=block.data + int(o)) for s, d, o in zip(shapes, dtypes, offsets)]
+
+
+def _codes(dtypes: Sequence[np.dtype]) -> np.ndarray:
+    codes = np.empty(len(dtypes), np.int64)
+    for j, d in enumerate(dtypes):
+        code = _PACK_CODES.get(np.dtype(d))
+        if code is None:
+            raise TypeError(f"Expected arrays of dtype float16, float32, float64, complex64 or "
+                            f"complex128, got {d} at position {j}.")
+        codes[j] = code
+    return codes
+
+
 class PackPlan:
     """The device table of a list of C-contiguous arrays (float16/32/64, complex64/128):
     ``pack`` copies them into a flat vector and ``scatter`` copies a vector back into them,
@@ -154,59 +182,87 @@ class PackPlan:
     Array ``j`` lives at ``flat[starts[j]:starts[j] + arrays[j].size]`` of a vector of
     ``length`` elements (host integers); ``pack`` leaves the positions no array covers as they
     were.  The table is copied to the device once, so a plan serves every pack or scatter of
-    the same arrays.
+    the same arrays.  ``PackPlan.for_new_leaves`` makes a plan for arrays not yet allocated,
+    reused for every new set of them.
     """
 
     def __init__(self, arrays: Sequence[Any], starts: Sequence[int] | np.ndarray,
                  length: int) -> None:
-        cp = _cupy()
-        n = len(arrays)
-        starts = np.ascontiguousarray(starts, dtype=np.int64)
-        if starts.shape != (n,):
-            raise ValueError(f"Expected {n} starts, got shape {starts.shape}.")
-        codes = np.empty(n, np.int64)
-        ptrs = np.empty(n, np.int64)
-        sizes = np.empty(n, np.int64)
         for j, a in enumerate(arrays):
-            code = _PACK_CODES.get(np.dtype(a.dtype))
-            if code is None:
-                raise TypeError(f"Expected arrays of dtype float16, float32, float64, complex64 "
-                                f"or complex128, got {a.dtype} at position {j}.")
             if not a.flags.c_contiguous:
                 raise ValueError(f"Expected C-contiguous arrays, got strides {a.strides} at "
                                  f"position {j}.")
-            if starts[j] < 0 or starts[j] + a.size > length:
-                raise ValueError(f"Array {j} of {a.size} elements at {starts[j]} does not fit in "
-                                 f"a vector of length {length}.")
-            codes[j], ptrs[j], sizes[j] = code, a.data.ptr, a.size
+        ptrs = np.array([a.data.ptr for a in arrays], np.int64)
+        self._setup(ptrs, [a.size for a in arrays], _codes([a.dtype for a in arrays]), starts,
+                    length)
         self.arrays = list(arrays)          # keeps the memory the table points to alive
+        self.block: tuple | None = None
+
+    @classmethod
+    def for_new_leaves(cls, shapes: Sequence[tuple[int, ...]], dtypes: Sequence[np.dtype],
+                       starts: Sequence[int] | np.ndarray, length: int) -> PackPlan:
+        """A plan for fresh arrays of these shapes and dtypes, made by ``new_leaves`` as views
+        of one block; its table holds their offsets in the block, so it serves every block."""
+        plan = cls.__new__(cls)
+        offsets, nbytes = _block_layout(shapes, dtypes)
+        sizes = [int(np.prod(s, dtype=np.int64)) for s in shapes]
+        plan._setup(offsets, sizes, _codes(dtypes), starts, length)
+        plan.arrays = []
+        plan.block = (list(shapes), list(dtypes), offsets, nbytes)
+        return plan
+
+    def _setup(self, ptrs: np.ndarray, sizes: Sequence[int], codes: np.ndarray,
+               starts: Sequence[int] | np.ndarray, length: int) -> None:
+        n = len(sizes)
+        starts = np.ascontiguousarray(starts, dtype=np.int64)
+        if starts.shape != (n,):
+            raise ValueError(f"Expected {n} starts, got shape {starts.shape}.")
+        for j, (start, size) in enumerate(zip(starts, sizes)):
+            if start < 0 or start + size > length:
+                raise ValueError(f"Array {j} of {size} elements at {start} does not fit in a "
+                                 f"vector of length {length}.")
         self.length = int(length)
         self.n = n
-        self.total = int(sizes.sum())
-        table, self.chunk, self.nchunks = pack_table(ptrs, sizes, codes, starts)
-        self.table = cp.asarray(table)
+        self.total = int(sum(sizes))
+        table, self.chunk, self.nchunks = pack_table(ptrs, np.asarray(sizes, np.int64), codes,
+                                                     starts)
+        self.table = _cupy().asarray(table)
 
-    def _run(self, name: str, flat: Any) -> None:
+    def new_leaves(self) -> tuple[Any, list]:
+        """A new block (uint8 CuPy array) and the uninitialised arrays in it, for a plan made
+        by ``for_new_leaves``."""
+        if self.block is None:
+            raise ValueError("new_leaves needs a plan made by PackPlan.for_new_leaves.")
+        shapes, dtypes, offsets, nbytes = self.block
+        block = _cupy().empty(nbytes, np.uint8)
+        return block, _views(block, shapes, dtypes, offsets)
+
+    def _run(self, name: str, flat: Any, block: Any | None) -> None:
         code = _PACK_CODES.get(np.dtype(flat.dtype))
         if code is None or flat.ndim != 1 or flat.shape[0] != self.length \
                 or not flat.flags.c_contiguous:
             raise ValueError(f"Expected a contiguous float or complex vector of length "
                              f"{self.length}, got dtype {flat.dtype} and shape {flat.shape}.")
+        if (block is None) != (self.block is None):
+            raise ValueError("A plan made by PackPlan.for_new_leaves needs the block its arrays "
+                             "live in (and only such a plan takes one).")
         if self.total == 0:
             return
+        base = 0 if block is None else block.data.ptr
         kernel(name)((min(self.nchunks, 2 ** 31 - 1),), (_THREADS,),
                      (self.table, np.int64(self.n), np.int64(self.nchunks),
-                      np.int64(self.chunk), flat, np.int32(code)))
+                      np.int64(self.chunk), np.int64(base), flat, np.int32(code)))
 
-    def pack(self, out: Any) -> Any:
-        """out[starts[j]:...] := ravel(arrays[j]) cast to out's dtype; returns out"""
-        self._run("ft_pack", out)
+    def pack(self, out: Any, block: Any | None = None) -> Any:
+        """out[starts[j]:...] := ravel(arrays[j]) cast to out's dtype; returns out (block: the
+        block of a ``for_new_leaves`` plan's arrays)"""
+        self._run("ft_pack", out, block)
         return out
 
-    def scatter(self, v: Any) -> None:
-        """arrays[j][...] := v[starts[j]:...] cast to each array's dtype (complex into real
-        keeps the real part)"""
-        self._run("ft_scatter", v)
+    def scatter(self, v: Any, block: Any | None = None) -> None:
+        """arrays[j][...] := v[starts[j]:...] cast to each array's dtype, complex into real
+        keeping the real part (block: the block of a ``for_new_leaves`` plan's arrays)"""
+        self._run("ft_scatter", v, block)
 
 
 def pack(arrays: Sequence[Any], offsets: np.ndarray, dtype: Any) -> Any:
@@ -227,12 +283,8 @@ def scatter(v: Any, starts: Sequence[int] | np.ndarray, outs: Sequence[Any]) -> 
 def new_leaves(shapes: Sequence[tuple[int, ...]], dtypes: Sequence[np.dtype]) -> list:
     """Uninitialised C-contiguous arrays of the given shapes and dtypes, as views of one
     device allocation (each 256-byte aligned)."""
-    cp = _cupy()
-    nbytes = [int(np.prod(s, dtype=np.int64)) * np.dtype(d).itemsize for s, d in zip(shapes, dtypes)]
-    starts = np.zeros(len(nbytes) + 1, np.int64)
-    np.cumsum([(b + 255) // 256 * 256 for b in nbytes], out=starts[1:])
-    block = cp.empty(int(starts[-1]), np.uint8)
-    return [cp.ndarray(s, d, memptr=block.data + int(o)) for s, d, o in zip(shapes, dtypes, starts)]
+    offsets, nbytes = _block_layout(shapes, dtypes)
+    return _views(_cupy().empty(nbytes, np.uint8), shapes, dtypes, offsets)
 
 
 # --------------------------------------------------------------------------- Dense

@@ -4,7 +4,8 @@
  * The arrays ("segments") are described by one int64 table on the device, written by the
  * host in one copy (fluxtree.cuda.PackPlan):
  *
- *   table[0 : n]                   data pointers of the n segments (C-contiguous arrays)
+ *   table[0 : n]                   data pointers of the n segments (C-contiguous arrays), or
+ *                                  their byte offsets from the address `base` (an argument)
  *   table[n : 2n+1]                offsets: the work positions of segment j are
  *                                  offsets[j] <= i < offsets[j+1] (its size, cumulated)
  *   table[2n+1 : 3n+1]             dtype codes of the segments (FT_DT_* below)
@@ -87,11 +88,12 @@ __device__ __forceinline__ void ft_store(void *p, ft_i64 k, int code, ft_val v)
 /* Copies one element: flat[f] = element k of a segment (pack), or the reverse (scatter). */
 template <bool TO_FLAT> struct ft_copy {
     const ft_i64 *ptrs, *codes;
+    ft_i64 base;
     void *flat;
     int flat_code;
     __device__ void operator()(ft_i64 seg, ft_i64 k, ft_i64 f) const
     {
-        void *leaf = (void *)ptrs[seg];
+        void *leaf = (void *)(base + ptrs[seg]);
         const int code = (int)codes[seg];
         if (TO_FLAT)
             ft_store(flat, f, flat_code, ft_load(leaf, k, code));
@@ -102,22 +104,22 @@ template <bool TO_FLAT> struct ft_copy {
 
 template <bool TO_FLAT>
 __device__ void ft_pack_run(const ft_i64 *table, ft_i64 n, ft_i64 nchunks, ft_i64 chunk,
-                            void *flat, int flat_code)
+                            ft_i64 base, void *flat, int flat_code)
 {
-    const ft_copy<TO_FLAT> copy = {table, table + 2 * n + 1, flat, flat_code};
+    const ft_copy<TO_FLAT> copy = {table, table + 2 * n + 1, base, flat, flat_code};
     ft_pack_walk(table, n, nchunks, chunk, blockIdx.x, gridDim.x, threadIdx.x, blockDim.x, copy);
 }
 
-/* flat[starts[j] + k] = segments[j][k], cast to flat's dtype */
+/* flat[starts[j] + k] = segments[j][k], cast to flat's dtype (segment j at base + ptrs[j]) */
 extern "C" __global__ void ft_pack(const ft_i64 *table, ft_i64 n, ft_i64 nchunks, ft_i64 chunk,
-                                   void *flat, int flat_code)
+                                   ft_i64 base, void *flat, int flat_code)
 {
-    ft_pack_run<true>(table, n, nchunks, chunk, flat, flat_code);
+    ft_pack_run<true>(table, n, nchunks, chunk, base, flat, flat_code);
 }
 
 /* segments[j][k] = flat[starts[j] + k], cast to each segment's dtype */
 extern "C" __global__ void ft_scatter(const ft_i64 *table, ft_i64 n, ft_i64 nchunks,
-                                      ft_i64 chunk, void *flat, int flat_code)
+                                      ft_i64 chunk, ft_i64 base, void *flat, int flat_code)
 {
-    ft_pack_run<false>(table, n, nchunks, chunk, flat, flat_code);
+    ft_pack_run<false>(table, n, nchunks, chunk, base, flat, flat_code);
 }
