@@ -20,7 +20,7 @@ def pytest_collection_modifyitems(config, items):
     if not HAS_GPU:
         skip = pytest.mark.skip(reason="needs a CUDA device (cupy.is_available() is False)")
         for item in items:
-            if "gpu" in item.keywords:
+            if item.get_closest_marker("gpu") is not None:
                 item.add_marker(skip)
 
 

@@ -5,6 +5,7 @@
 {'a': 2, 'b': (3, 4)}
 """
 from . import autodiff as autodiff
+from . import device as device
 from . import losses as losses
 from . import nn as nn
 from .autodiff import abs2 as abs2
@@ -17,6 +18,9 @@ from .autodiff import jvp as jvp
 from .autodiff import linearize as linearize
 from .autodiff import value_and_gradient as value_and_gradient
 from .data import DataLoader as DataLoader
+from .device import NoGPUWarning as NoGPUWarning
+from .device import cpu as cpu
+from .device import gpu as gpu
 from .flat import AliasWarning as AliasWarning
 from .flat import Restructure as Restructure
 from .flat import destructure as destructure

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["DataLoader", "batch", "summary"]
+__all__ = ["DataLoader", "DeviceLoader", "batch", "summary"]
 
 
 def _is_namedtuple(x: Any) -> bool:
@@ -405,4 +405,71 @@ class DataLoader:
         if len(self) == 0:
             return text
         first = next(self._batches(None))
+        return f"{text}\n  with first element:\n  {summary(first)}"
+
+    def __fluxtree_device__(self, move: Callable[[Any], Any]) -> DeviceLoader:
+        """``gpu(loader)`` / ``cpu(loader)``: the loader with each batch moved as it is made."""
+        return DeviceLoader(self, move)
+
+
+class DeviceLoader:
+    """A ``DataLoader`` whose batches are moved to a device as they are produced: what
+    ``fluxtree.gpu(loader)`` and ``fluxtree.cpu(loader)`` return.
+
+    Same length, batches and shuffling as ``loader`` (a new order every epoch); each batch is
+    ``move(batch)`` (``fluxtree.gpu`` or ``fluxtree.cpu``), made only when the iteration asks
+    for it.  The data stay where they are, and no reference to an earlier batch is kept, so a
+    GPU batch's memory goes back to CuPy's pool as soon as the loop moves on to the next one
+    (unless the caller keeps it).  Moving a ``DeviceLoader`` again replaces ``move``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> moved = []
+    >>> def tenfold(b):
+    ...     moved.append(b.tolist())
+    ...     return b * 10
+    >>> d = DeviceLoader(DataLoader(np.arange(5), batchsize=2), tenfold)
+    >>> len(d), moved
+    (3, [])
+    >>> it = iter(d)
+    >>> next(it), moved
+    (array([ 0, 10]), [[0, 1]])
+    >>> d
+    tenfold(DataLoader(ndarray, batchsize=2))
+    """
+
+    __slots__ = ("loader", "move")
+
+    loader: DataLoader
+    move: Callable[[Any], Any]
+
+    def __init__(self, loader: DataLoader, move: Callable[[Any], Any]) -> None:
+        if not isinstance(loader, DataLoader):
+            raise TypeError(f"DeviceLoader needs a DataLoader, got {type(loader).__name__}.")
+        if not callable(move):
+            raise TypeError(f"DeviceLoader needs a callable move, got {type(move).__name__}.")
+        self.loader = loader
+        self.move = move
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[Any]:
+        move = self.move
+        for b in self.loader:
+            yield move(b)
+
+    def __fluxtree_device__(self, move: Callable[[Any], Any]) -> DeviceLoader:
+        return DeviceLoader(self.loader, move)
+
+    def __repr__(self) -> str:
+        name = getattr(self.move, "__name__", type(self.move).__name__)
+        return f"{name}({self.loader!r})"
+
+    def __str__(self) -> str:
+        text = f"{len(self)}-element {self!r}"
+        if len(self) == 0:
+            return text
+        first = self.move(next(self.loader._batches(None)))
         return f"{text}\n  with first element:\n  {summary(first)}"

@@ -8,12 +8,14 @@ The copies run in the compiled kernels of ``fluxtree._kernels._flat``.
 """
 from __future__ import annotations
 
+import sys
 import warnings
+import weakref
 from typing import Any, Generic, TypeVar
 
 import numpy as np
 
-from . import _tracing, functors
+from . import _tracing, cuda, functors
 from ._kernels import _flat, _walk
 from ._kernels._walk import KeyPath, isnumeric
 
@@ -294,9 +296,6 @@ def _layout_of(model: Any) -> tuple[Layout, Any]:
     layout = Layout(walker, params)
     if walker.foreign:
         _check_device(layout, model)
-        raise NotImplementedError(
-            "destructure: GPU (CuPy) parameters are not supported yet; copy the model to "
-            "the host first (e.g. ft.fmap(cupy.asnumpy, model)).")
     return layout, walker
 
 
@@ -328,10 +327,93 @@ def destructure(model: M) -> tuple[np.ndarray, Restructure[M]]:
     {'x': array([3., 5.]), 'y': ('sin', array([7.+11.j]))}
     """
     layout, walker = _layout_of(model)
+    if _on_gpu(layout):
+        return _gpu_pack(layout, None), Restructure(model, layout)
     flat = np.empty(layout.length, layout.dtype)
     _gather(layout.params, layout.offsets, flat, layout.native)
     _warn_aliases(layout, walker.views, model)
     return flat, Restructure(model, layout)
+
+
+def _on_gpu(layout: Layout) -> bool:
+    """The parameters are CuPy arrays (``_check_device`` has ruled out a mix)."""
+    return bool(layout.params) and not isinstance(layout.params[0], np.ndarray)
+
+
+#: the device tables of GPU layouts, made on first use: "pack" for the parameters (False when
+#: some are not C-contiguous: packed through copies each time), "unpack" for fresh leaves
+_gpu_plans: weakref.WeakKeyDictionary[Layout, dict[str, Any]] = weakref.WeakKeyDictionary()
+
+
+def _gpu_plan(layout: Layout, kind: str) -> Any:
+    plans = _gpu_plans.setdefault(layout, {})
+    if kind not in plans:
+        start, n = layout.offsets[:-1], layout.length
+        if kind == "unpack":
+            plans[kind] = cuda.PackPlan.for_new_leaves(layout.shapes, layout.dtypes, start, n)
+        elif all(p.flags.c_contiguous for p in layout.params):
+            plans[kind] = cuda.PackPlan(layout.params, start, n)
+        else:
+            plans[kind] = False
+    return plans[kind]
+
+
+def _gpu_pack(layout: Layout, out: Any) -> Any:
+    """The parameters of a GPU layout in ``out`` (or a new vector of the layout's dtype), in
+    one launch."""
+    cp = sys.modules["cupy"]
+    if out is None:
+        out = cp.empty(layout.length, layout.dtype)
+    plan = _gpu_plan(layout, "pack")
+    if plan is False:
+        params = [p if p.flags.c_contiguous else cp.ascontiguousarray(p) for p in layout.params]
+        plan = cuda.PackPlan(params, layout.offsets[:-1], layout.length)
+    return plan.pack(out)
+
+
+def _as_gpu_vector(v: Any, n: int) -> Any:
+    """``v`` as a contiguous CuPy float or complex vector of length ``n`` (integers as
+    float64), for a model whose parameters are CuPy arrays."""
+    if not hasattr(v, "__cuda_array_interface__"):
+        raise ValueError(f"Restructure: this model lives on the GPU but the vector is a "
+                         f"{type(v).__name__}; move it with fluxtree.gpu first.")
+    cp = sys.modules["cupy"]
+    v = cp.asarray(v)
+    if v.dtype.kind not in "biufc":
+        raise TypeError(f"Restructure: expected a real, complex or integer vector, got dtype "
+                        f"{v.dtype}.")
+    if v.ndim != 1:
+        raise ValueError(f"Restructure: expected a 1-D vector of length {n}, got shape "
+                         f"{v.shape}.")
+    if v.shape[0] != n:
+        raise ValueError(f"Restructure: expected a vector of length {n}, got {v.shape[0]}.")
+    if v.dtype.kind in "biu":
+        return v.astype(np.float64)
+    return cp.ascontiguousarray(v)
+
+
+def _gpu_leaves(layout: Layout, v: Any, copy: bool) -> list:
+    """New CuPy parameters from the vector ``v`` (one scatter launch); with ``copy=False``
+    those of ``v``'s dtype are views into it."""
+    v = _as_gpu_vector(v, layout.length)
+    off = layout.offsets
+    if copy:
+        plan = _gpu_plan(layout, "unpack")
+        block, new = plan.new_leaves()
+        plan.scatter(v, block)
+        return new
+    same = [j for j, d in enumerate(layout.dtypes) if d == v.dtype]
+    other = [j for j, d in enumerate(layout.dtypes) if d != v.dtype]
+    leaves: list = [None] * len(layout.params)
+    for j in same:
+        leaves[j] = v[off[j]:off[j + 1]].reshape(layout.shapes[j])
+    if other:
+        copies = cuda.new_leaves([layout.shapes[j] for j in other],
+                                 [layout.dtypes[j] for j in other])
+        cuda.scatter(v, off[other], copies)
+        for j, leaf in zip(other, copies):
+            leaves[j] = leaf
+    return leaves
 
 
 def _as_vector(v: Any, n: int) -> np.ndarray:
@@ -395,6 +477,8 @@ class Restructure(Generic[M]):
         lay = self.layout
         if isinstance(v, _tracing.Traced):         # inside a derivative: record the rebuild
             return self._rebuild(_tracing.record(_RestructureOp(lay), (v,)))
+        if _on_gpu(lay):
+            return self._rebuild(_gpu_leaves(lay, v, copy))
         v = _as_vector(v, lay.length)
         if copy:
             new = lay.new_leaves()
@@ -434,6 +518,8 @@ class Restructure(Generic[M]):
         array([11., 22.,  0.])
         """
         lay = self.layout
+        if _on_gpu(lay):
+            return self._flatten_gpu(tree, out)
         if tree is self.model:
             out = self._out([lay.dtype], out)
             _gather(lay.params, lay.offsets, out, lay.native and out.dtype in _KERNEL_DTYPES)
@@ -462,6 +548,26 @@ class Restructure(Generic[M]):
                 else:
                     out[start:start + v.size] += v.ravel()
         return out
+
+    def _flatten_gpu(self, tree: Any, out: Any) -> Any:
+        """``flatten`` of a GPU model: the model itself, packed in one launch."""
+        lay = self.layout
+        if tree is not self.model:
+            raise NotImplementedError(
+                "Restructure.flatten: for a model on the GPU only the model itself can be "
+                "packed yet; pass it, or move the tree to the host with fluxtree.cpu.")
+        if out is None:
+            return _gpu_pack(lay, None)
+        if not hasattr(out, "__cuda_array_interface__") or out.ndim != 1 \
+                or out.shape[0] != lay.length:
+            got = f"shape {out.shape}" if hasattr(out, "shape") else type(out).__name__
+            raise ValueError(f"Restructure.flatten: out must be a 1-D GPU vector of length "
+                             f"{lay.length}, got {got}.")
+        if out.dtype.kind not in "fc" or not out.flags.c_contiguous \
+                or not np.can_cast(lay.dtype, out.dtype, "same_kind"):
+            raise TypeError(f"Restructure.flatten: out must be a contiguous float or complex "
+                            f"vector that dtype {lay.dtype} casts to, got dtype {out.dtype}.")
+        return _gpu_pack(lay, out)
 
     @staticmethod
     def _pack(values: list, offsets: np.ndarray, out: np.ndarray, holes: bool,
