@@ -8,6 +8,7 @@ from . import autodiff as autodiff
 from . import device as device
 from . import losses as losses
 from . import nn as nn
+from . import optimize as optimize
 from .autodiff import abs2 as abs2
 from .autodiff import dot as dot
 from .autodiff import gauss_newton_vp as gauss_newton_vp
