@@ -55,6 +55,14 @@ static inline int ft_act_max_threads(void) { return 1; }
 #define FT_CLONES
 #endif
 
+/* The element kernels are forced inline: in the large dispatching loops below GCC's growth
+ * limits otherwise leave calls in the loops, which then neither vectorize nor run fast. */
+#if defined(__GNUC__)
+#define FT_INLINE static inline __attribute__((always_inline))
+#else
+#define FT_INLINE static inline
+#endif
+
 /* The selects below (clamps, NaN passes, small-argument branches) are if-converted, and the
  * loops vectorized, only when floating-point operations may be evaluated speculatively, that
  * is without -ftrapping-math; nothing here reads the floating-point exception flags.  Kernels
@@ -81,14 +89,14 @@ enum {
 
 /* ---------------------------------------------------------- vectorizable kernels */
 
-static inline int64_t ft_bits_(double x) { int64_t i; memcpy(&i, &x, 8); return i; }
-static inline double ft_from_bits_(int64_t i) { double x; memcpy(&x, &i, 8); return x; }
+FT_INLINE int64_t ft_bits_(double x) { int64_t i; memcpy(&i, &x, 8); return i; }
+FT_INLINE double ft_from_bits_(int64_t i) { double x; memcpy(&x, &i, 8); return x; }
 
 /* ---- double kernels: relative error a few ulp of double */
 
 /* exp(x): Cody-Waite reduction x = n ln2 + r, |r| <= ln2/2, Taylor polynomial of degree 13,
  * then scaling by 2^n in two steps so that subnormal results and n = 1024 are exact. */
-static inline double ft_exp_v(double x)
+FT_INLINE double ft_exp_v(double x)
 {
     const double magic = 6755399441055744.0;           /* 1.5 * 2^52: rounds to an integer */
     const double ln2_hi = 6.93147180369123816490e-01;  /* low 32 bits zero: n * ln2_hi exact */
@@ -124,7 +132,7 @@ static inline double ft_exp_v(double x)
 }
 
 /* expm1(x): Taylor series below |x| = 1/4 (no cancellation), exp(x) - 1 above. */
-static inline double ft_expm1_v(double x)
+FT_INLINE double ft_expm1_v(double x)
 {
     double p = 1.0 / 6227020800.0;
     p = p * x + 1.0 / 479001600.0;
@@ -145,7 +153,7 @@ static inline double ft_expm1_v(double x)
 
 /* log(u) for finite u > 0 (normal range): u = 2^e m, m in [sqrt(1/2), sqrt(2)),
  * log m = 2 atanh(s), s = (m - 1)/(m + 1), |s| < 0.1716, odd series to s^21. */
-static inline double ft_log_v(double u)
+FT_INLINE double ft_log_v(double u)
 {
     int64_t bits = ft_bits_(u);
     int32_t hi = (int32_t)(bits >> 32);
@@ -173,7 +181,7 @@ static inline double ft_log_v(double u)
 }
 
 /* log1p(t) for t in [0, 1] (Goldberg's correction of log(1 + t)). */
-static inline double ft_log1p01_v(double t)
+FT_INLINE double ft_log1p01_v(double t)
 {
     double u = 1.0 + t;
     double d = u - 1.0;
@@ -181,43 +189,67 @@ static inline double ft_log1p01_v(double t)
     return d == 0.0 ? t : l;
 }
 
-static inline double ft_identity_v(double x) { return x; }
-static inline double ft_relu_v(double x) { return x < 0.0 ? 0.0 : x; }
-static inline double ft_leakyrelu_v(double x) { return x < 0.0 ? FT_LEAKY_SLOPE * x : x; }
+FT_INLINE double ft_identity_v(double x) { return x; }
+FT_INLINE double ft_relu_v(double x) { return x < 0.0 ? 0.0 : x; }
+FT_INLINE double ft_leakyrelu_v(double x) { return x < 0.0 ? FT_LEAKY_SLOPE * x : x; }
 
-static inline double ft_tanh_v(double x)
+/* tanh(x) = e / (e + 2), e = expm1(2|x|), with expm1 on [0, 40] in one path:
+ * 2|x| = n ln2 + r, expm1(r) = r + r^2 P(r) (Taylor to r^13), expm1 = 2^n expm1(r) + (2^n - 1),
+ * which does not cancel for n >= 0 (half the work of ft_expm1_v's two branches). */
+FT_INLINE double ft_tanh_v(double x)
 {
+    const double magic = 6755399441055744.0;
+    const double ln2_hi = 6.93147180369123816490e-01;
+    const double ln2_lo = 1.90821492927058770002e-10;
     double a = fabs(x);
     a = a < 20.0 ? a : 20.0;                     /* tanh(20) rounds to 1 */
-    double e = ft_expm1_v(2.0 * a);
+    double u = 2.0 * a;
+    double t = u * 1.4426950408889634 + magic;
+    double n = t - magic;
+    double r = (u - n * ln2_hi) - n * ln2_lo;
+    double p = 1.0 / 6227020800.0;
+    p = p * r + 1.0 / 479001600.0;
+    p = p * r + 1.0 / 39916800.0;
+    p = p * r + 1.0 / 3628800.0;
+    p = p * r + 1.0 / 362880.0;
+    p = p * r + 1.0 / 40320.0;
+    p = p * r + 1.0 / 5040.0;
+    p = p * r + 1.0 / 720.0;
+    p = p * r + 1.0 / 120.0;
+    p = p * r + 1.0 / 24.0;
+    p = p * r + 1.0 / 6.0;
+    p = p * r + 0.5;
+    double em1r = r + (r * r) * p;
+    double s = ft_from_bits_((ft_bits_(t) - ft_bits_(magic) + 1023) << 52);   /* 2^n, n <= 58 */
+    double e = s * em1r + (s - 1.0);
     double y = copysign(e / (e + 2.0), x);
     return x != x ? x : y;
 }
 
-static inline double ft_sigmoid_v(double x) { return 1.0 / (1.0 + ft_exp_v(-x)); }
-static inline double ft_swish_v(double x) { return x * ft_sigmoid_v(x); }
+FT_INLINE double ft_sigmoid_v(double x) { return 1.0 / (1.0 + ft_exp_v(-x)); }
+FT_INLINE double ft_swish_v(double x) { return x * ft_sigmoid_v(x); }
 
-static inline double ft_softplus_v(double x)
+FT_INLINE double ft_softplus_v(double x)
 {
     double y = (x > 0.0 ? x : 0.0) + ft_log1p01_v(ft_exp_v(-fabs(x)));
     return x != x ? x : y;
 }
 
-static inline double ft_gelu_v(double x)
+FT_INLINE double ft_gelu_v(double x)
 {
     double u = FT_GELU_K * (x + FT_GELU_C * x * x * x);
     double y = x / (1.0 + ft_exp_v(-2.0 * u));
     return x < -30.0 ? -0.0 : y;                 /* exp(-2u) overflows: avoids -inf / inf */
 }
 
-static inline double ft_elu_v(double x) { return x > 0.0 ? x : ft_expm1_v(x); }
+FT_INLINE double ft_elu_v(double x) { return x > 0.0 ? x : ft_expm1_v(x); }
 
 /* ---- float kernels, in float arithmetic: relative error a few ulp of float */
 
-static inline int32_t ft_fbits_(float x) { int32_t i; memcpy(&i, &x, 4); return i; }
-static inline float ft_from_fbits_(int32_t i) { float x; memcpy(&x, &i, 4); return x; }
+FT_INLINE int32_t ft_fbits_(float x) { int32_t i; memcpy(&i, &x, 4); return i; }
+FT_INLINE float ft_from_fbits_(int32_t i) { float x; memcpy(&x, &i, 4); return x; }
 
-static inline float ft_exp_vf(float x)
+FT_INLINE float ft_exp_vf(float x)
 {
     const float magic = 12582912.0f;                    /* 1.5 * 2^23 */
     const float ln2_hi = 0.693359375f;                  /* 9 significant bits: n * ln2_hi exact */
@@ -246,7 +278,7 @@ static inline float ft_exp_vf(float x)
     return x != x ? x : y;
 }
 
-static inline float ft_expm1_vf(float x)
+FT_INLINE float ft_expm1_vf(float x)
 {
     float p = 1.0f / 40320.0f;
     p = p * x + 1.0f / 5040.0f;
@@ -260,7 +292,7 @@ static inline float ft_expm1_vf(float x)
     return fabsf(x) < 0.25f ? small : big;
 }
 
-static inline float ft_log_vf(float u)
+FT_INLINE float ft_log_vf(float u)
 {
     int32_t bits = ft_fbits_(u);
     float ed = (float)((bits >> 23) - 127);
@@ -281,7 +313,7 @@ static inline float ft_log_vf(float u)
     return ed * 0.693147181f + l;
 }
 
-static inline float ft_log1p01_vf(float t)
+FT_INLINE float ft_log1p01_vf(float t)
 {
     float u = 1.0f + t;
     float d = u - 1.0f;
@@ -289,14 +321,14 @@ static inline float ft_log1p01_vf(float t)
     return d == 0.0f ? t : l;
 }
 
-static inline float ft_identity_vf(float x) { return x; }
-static inline float ft_relu_vf(float x) { return x < 0.0f ? 0.0f : x; }
-static inline float ft_leakyrelu_vf(float x) { return x < 0.0f ? (float)FT_LEAKY_SLOPE * x : x; }
+FT_INLINE float ft_identity_vf(float x) { return x; }
+FT_INLINE float ft_relu_vf(float x) { return x < 0.0f ? 0.0f : x; }
+FT_INLINE float ft_leakyrelu_vf(float x) { return x < 0.0f ? (float)FT_LEAKY_SLOPE * x : x; }
 
 /* tanh as a rational function of odd degree 13 over even degree 6 on [-7.9053, 7.9053],
  * where float32 tanh reaches +-1 (the minimax fit used by Eigen and XLA; about 2 ulp):
  * one division and no exp, so the loop vectorizes cheaply. */
-static inline float ft_tanh_vf(float x)
+FT_INLINE float ft_tanh_vf(float x)
 {
     const float clamp = 7.90531110763549805f;
     float c = x < -clamp ? -clamp : (x > clamp ? clamp : x);
@@ -317,22 +349,22 @@ static inline float ft_tanh_vf(float x)
     return x != x ? x : y;
 }
 
-static inline float ft_sigmoid_vf(float x) { return 1.0f / (1.0f + ft_exp_vf(-x)); }
-static inline float ft_swish_vf(float x) { return x * ft_sigmoid_vf(x); }
+FT_INLINE float ft_sigmoid_vf(float x) { return 1.0f / (1.0f + ft_exp_vf(-x)); }
+FT_INLINE float ft_swish_vf(float x) { return x * ft_sigmoid_vf(x); }
 
-static inline float ft_softplus_vf(float x)
+FT_INLINE float ft_softplus_vf(float x)
 {
     float y = (x > 0.0f ? x : 0.0f) + ft_log1p01_vf(ft_exp_vf(-fabsf(x)));
     return x != x ? x : y;
 }
 
-static inline float ft_gelu_vf(float x)
+FT_INLINE float ft_gelu_vf(float x)
 {
     /* in double: the float rounding of u would be amplified by exp for large |x| */
     return (float)ft_gelu_v((double)x);
 }
 
-static inline float ft_elu_vf(float x) { return x > 0.0f ? x : ft_expm1_vf(x); }
+FT_INLINE float ft_elu_vf(float x) { return x > 0.0f ? x : ft_expm1_vf(x); }
 
 /* ---- derivatives, from the pre-activation z and the output y = act(z)
  *
@@ -343,42 +375,42 @@ static inline float ft_elu_vf(float x) { return x > 0.0f ? x : ft_expm1_vf(x); }
  * read only z (ft_act_reads_z).  Piecewise functions take the left value at z = 0.  Where
  * 1 - s of a sigmoid value s would cancel it is computed as e s, e = exp(-t). */
 
-static inline int ft_act_reads_z(int code) { return code == FT_ACT_GELU || code == FT_ACT_SWISH; }
+FT_INLINE int ft_act_reads_z(int code) { return code == FT_ACT_GELU || code == FT_ACT_SWISH; }
 
 /* act'' is identically zero for the piecewise-linear activations */
-static inline int ft_act_has_d2(int code)
+FT_INLINE int ft_act_has_d2(int code)
 {
     return code == FT_ACT_TANH || code == FT_ACT_SIGMOID || code == FT_ACT_SOFTPLUS
            || code == FT_ACT_GELU || code == FT_ACT_ELU || code == FT_ACT_SWISH;
 }
 
-static inline double ft_identity_d1_v(double z, double y) { (void)z; (void)y; return 1.0; }
-static inline double ft_identity_d2_v(double z, double y) { (void)z; (void)y; return 0.0; }
-static inline double ft_relu_d1_v(double z, double y) { (void)z; return y > 0.0 ? 1.0 : 0.0; }
-static inline double ft_relu_d2_v(double z, double y) { (void)z; (void)y; return 0.0; }
-static inline double ft_leakyrelu_d1_v(double z, double y)
+FT_INLINE double ft_identity_d1_v(double z, double y) { (void)z; (void)y; return 1.0; }
+FT_INLINE double ft_identity_d2_v(double z, double y) { (void)z; (void)y; return 0.0; }
+FT_INLINE double ft_relu_d1_v(double z, double y) { (void)z; return y > 0.0 ? 1.0 : 0.0; }
+FT_INLINE double ft_relu_d2_v(double z, double y) { (void)z; (void)y; return 0.0; }
+FT_INLINE double ft_leakyrelu_d1_v(double z, double y)
 {
     (void)z;
     return y > 0.0 ? 1.0 : FT_LEAKY_SLOPE;
 }
-static inline double ft_leakyrelu_d2_v(double z, double y) { (void)z; (void)y; return 0.0; }
-static inline double ft_tanh_d1_v(double z, double y) { (void)z; return 1.0 - y * y; }
-static inline double ft_tanh_d2_v(double z, double y) { (void)z; return -2.0 * y * (1.0 - y * y); }
-static inline double ft_sigmoid_d1_v(double z, double y) { (void)z; return y * (1.0 - y); }
-static inline double ft_sigmoid_d2_v(double z, double y)
+FT_INLINE double ft_leakyrelu_d2_v(double z, double y) { (void)z; (void)y; return 0.0; }
+FT_INLINE double ft_tanh_d1_v(double z, double y) { (void)z; return 1.0 - y * y; }
+FT_INLINE double ft_tanh_d2_v(double z, double y) { (void)z; return -2.0 * y * (1.0 - y * y); }
+FT_INLINE double ft_sigmoid_d1_v(double z, double y) { (void)z; return y * (1.0 - y); }
+FT_INLINE double ft_sigmoid_d2_v(double z, double y)
 {
     (void)z;
     return y * (1.0 - y) * (1.0 - 2.0 * y);
 }
 /* softplus' = s = sigmoid(z) = 1 - exp(-y), softplus'' = s (1 - s) = s exp(-y) */
-static inline double ft_softplus_d1_v(double z, double y) { (void)z; return -ft_expm1_v(-y); }
-static inline double ft_softplus_d2_v(double z, double y)
+FT_INLINE double ft_softplus_d1_v(double z, double y) { (void)z; return -ft_expm1_v(-y); }
+FT_INLINE double ft_softplus_d2_v(double z, double y)
 {
     (void)z;
     return -ft_expm1_v(-y) * ft_exp_v(-y);
 }
-static inline double ft_elu_d1_v(double z, double y) { (void)z; return y > 0.0 ? 1.0 : y + 1.0; }
-static inline double ft_elu_d2_v(double z, double y) { (void)z; return y > 0.0 ? 0.0 : y + 1.0; }
+FT_INLINE double ft_elu_d1_v(double z, double y) { (void)z; return y > 0.0 ? 1.0 : y + 1.0; }
+FT_INLINE double ft_elu_d2_v(double z, double y) { (void)z; return y > 0.0 ? 0.0 : y + 1.0; }
 
 /* gelu = z s, s = sigmoid(t), t = 2u = 2k (z + c z^3), w = t' = 2k (1 + 3c z^2):
  * gelu' = s + z s (1-s) w,  gelu'' = s (1-s) (2w + z (1-2s) w^2 + 12 k c z^2);
@@ -389,7 +421,7 @@ static inline double ft_elu_d2_v(double z, double y) { (void)z; return y > 0.0 ?
     T s = (T)1 / ((T)1 + e);                                                                \
     T q = e > (T)1 ? (T)1 - s : e * s;                                                      \
     T w = (T)(2.0 * FT_GELU_K) * ((T)1 + (T)(3.0 * FT_GELU_C) * z2);
-static inline double ft_gelu_d1_v(double z, double y)
+FT_INLINE double ft_gelu_d1_v(double z, double y)
 {
     (void)y;
     FT_GELU_PARTS_(double, ft_exp_v, z)
@@ -397,7 +429,7 @@ static inline double ft_gelu_d1_v(double z, double y)
     d = z > 30.0 ? 1.0 : d;
     return z < -30.0 ? 0.0 : d;
 }
-static inline double ft_gelu_d2_v(double z, double y)
+FT_INLINE double ft_gelu_d2_v(double z, double y)
 {
     (void)y;
     FT_GELU_PARTS_(double, ft_exp_v, z)
@@ -410,7 +442,7 @@ static inline double ft_gelu_d2_v(double z, double y)
     T e = EXP(-(Z));                                                                        \
     T s = (T)1 / ((T)1 + e);                                                                \
     T q = e > (T)1 ? (T)1 - s : e * s;
-static inline double ft_swish_d1_v(double z, double y)
+FT_INLINE double ft_swish_d1_v(double z, double y)
 {
     (void)y;
     FT_SWISH_PARTS_(double, ft_exp_v, z)
@@ -418,7 +450,7 @@ static inline double ft_swish_d1_v(double z, double y)
     d = z > 710.0 ? 1.0 : d;                     /* z = +-inf: inf * 0 */
     return z < -710.0 ? 0.0 : d;
 }
-static inline double ft_swish_d2_v(double z, double y)
+FT_INLINE double ft_swish_d2_v(double z, double y)
 {
     (void)y;
     FT_SWISH_PARTS_(double, ft_exp_v, z)
@@ -426,42 +458,42 @@ static inline double ft_swish_d2_v(double z, double y)
     return z > 710.0 || z < -710.0 ? 0.0 : d;
 }
 
-static inline float ft_identity_d1_vf(float z, float y) { (void)z; (void)y; return 1.0f; }
-static inline float ft_identity_d2_vf(float z, float y) { (void)z; (void)y; return 0.0f; }
-static inline float ft_relu_d1_vf(float z, float y) { (void)z; return y > 0.0f ? 1.0f : 0.0f; }
-static inline float ft_relu_d2_vf(float z, float y) { (void)z; (void)y; return 0.0f; }
-static inline float ft_leakyrelu_d1_vf(float z, float y)
+FT_INLINE float ft_identity_d1_vf(float z, float y) { (void)z; (void)y; return 1.0f; }
+FT_INLINE float ft_identity_d2_vf(float z, float y) { (void)z; (void)y; return 0.0f; }
+FT_INLINE float ft_relu_d1_vf(float z, float y) { (void)z; return y > 0.0f ? 1.0f : 0.0f; }
+FT_INLINE float ft_relu_d2_vf(float z, float y) { (void)z; (void)y; return 0.0f; }
+FT_INLINE float ft_leakyrelu_d1_vf(float z, float y)
 {
     (void)z;
     return y > 0.0f ? 1.0f : (float)FT_LEAKY_SLOPE;
 }
-static inline float ft_leakyrelu_d2_vf(float z, float y) { (void)z; (void)y; return 0.0f; }
-static inline float ft_tanh_d1_vf(float z, float y) { (void)z; return 1.0f - y * y; }
-static inline float ft_tanh_d2_vf(float z, float y) { (void)z; return -2.0f * y * (1.0f - y * y); }
-static inline float ft_sigmoid_d1_vf(float z, float y) { (void)z; return y * (1.0f - y); }
-static inline float ft_sigmoid_d2_vf(float z, float y)
+FT_INLINE float ft_leakyrelu_d2_vf(float z, float y) { (void)z; (void)y; return 0.0f; }
+FT_INLINE float ft_tanh_d1_vf(float z, float y) { (void)z; return 1.0f - y * y; }
+FT_INLINE float ft_tanh_d2_vf(float z, float y) { (void)z; return -2.0f * y * (1.0f - y * y); }
+FT_INLINE float ft_sigmoid_d1_vf(float z, float y) { (void)z; return y * (1.0f - y); }
+FT_INLINE float ft_sigmoid_d2_vf(float z, float y)
 {
     (void)z;
     return y * (1.0f - y) * (1.0f - 2.0f * y);
 }
-static inline float ft_softplus_d1_vf(float z, float y) { (void)z; return -ft_expm1_vf(-y); }
-static inline float ft_softplus_d2_vf(float z, float y)
+FT_INLINE float ft_softplus_d1_vf(float z, float y) { (void)z; return -ft_expm1_vf(-y); }
+FT_INLINE float ft_softplus_d2_vf(float z, float y)
 {
     (void)z;
     return -ft_expm1_vf(-y) * ft_exp_vf(-y);
 }
-static inline float ft_elu_d1_vf(float z, float y) { (void)z; return y > 0.0f ? 1.0f : y + 1.0f; }
-static inline float ft_elu_d2_vf(float z, float y) { (void)z; return y > 0.0f ? 0.0f : y + 1.0f; }
+FT_INLINE float ft_elu_d1_vf(float z, float y) { (void)z; return y > 0.0f ? 1.0f : y + 1.0f; }
+FT_INLINE float ft_elu_d2_vf(float z, float y) { (void)z; return y > 0.0f ? 0.0f : y + 1.0f; }
 /* in double, as the forward: the rounding of t would be amplified by exp */
-static inline float ft_gelu_d1_vf(float z, float y)
+FT_INLINE float ft_gelu_d1_vf(float z, float y)
 {
     return (float)ft_gelu_d1_v((double)z, (double)y);
 }
-static inline float ft_gelu_d2_vf(float z, float y)
+FT_INLINE float ft_gelu_d2_vf(float z, float y)
 {
     return (float)ft_gelu_d2_v((double)z, (double)y);
 }
-static inline float ft_swish_d1_vf(float z, float y)
+FT_INLINE float ft_swish_d1_vf(float z, float y)
 {
     (void)y;
     FT_SWISH_PARTS_(float, ft_exp_vf, z)
@@ -469,7 +501,7 @@ static inline float ft_swish_d1_vf(float z, float y)
     d = z > 100.0f ? 1.0f : d;
     return z < -100.0f ? 0.0f : d;
 }
-static inline float ft_swish_d2_vf(float z, float y)
+FT_INLINE float ft_swish_d2_vf(float z, float y)
 {
     (void)y;
     FT_SWISH_PARTS_(float, ft_exp_vf, z)
