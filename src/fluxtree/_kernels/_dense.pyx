@@ -64,6 +64,8 @@ cdef Py_ssize_t _PARALLEL_MIN_BYTES = PARALLEL_MIN_BYTES
 
 #: activation codes whose derivatives read the pre-activation z (the others read y)
 PRE_CODES = frozenset(c for c in range(9) if ft_act_reads_z(c))
+#: activation codes whose second derivative is not identically zero
+D2_CODES = frozenset(c for c in range(9) if ft_act_has_d2(c))
 
 
 cdef inline void _epilogue(int act, floating *z, const floating *b, floating *y,
