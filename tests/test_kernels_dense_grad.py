@@ -394,7 +394,7 @@ def test_tangent_backward_optional_outputs(dtype, code):
 def test_tangent_backward_identity_in_place(dtype):
     rng = np.random.default_rng(11)
     outs, _, args = _run_tangent_backward(rng, dtype, 0, (5, 4, 3), 2, True, True, "xWb")
-    x, W, z, y, delta, dy, tx, tW, tz, tdy = args
+    x, W, z, y, delta, dy, tx, tW, _, tdy = args
     tdy = tdy.copy()
     rest = (np.empty_like(outs[1]), np.empty_like(outs[2]), np.empty_like(outs[3]))
     dense_tangent_backward(x, W, z, y, 0, delta, dy, tx, tW, None, tdy, tdy, *rest)

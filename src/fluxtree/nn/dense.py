@@ -26,7 +26,7 @@ class _Saved:
     ``backward`` adds its d_out and delta, ``tangent`` its t_inputs and tz, for
     ``tangent_backward`` to reuse."""
 
-    __slots__ = ("x", "w", "b", "z", "y", "code", "shape", "kernel", "dy", "delta", "tin", "tz")
+    __slots__ = ("b", "code", "delta", "dy", "kernel", "shape", "tin", "tz", "w", "x", "y", "z")
 
     def __init__(self, x: np.ndarray, w: np.ndarray, b: np.ndarray | None, z: np.ndarray,
                  y: np.ndarray, code: int, shape: tuple[int, ...], kernel: bool) -> None:
