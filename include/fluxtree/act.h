@@ -671,14 +671,14 @@ FT_DEFINE_BIAS_ACT(double, d)
         }                                                                                    \
     }                                                                                        \
     /* for each block l: tz[l] += tb[l] (broadcast over rows; with init, tz[l] = tb[l], or 0 \
-     * without tb), then ty[l] = act'(z) tz[l]; ty NULL: tz only; ty == tz: identity only */  \
+     * without tb), then ty[l] = act'(z) tz[l]; ty NULL: tz only; ty may be tz (in place) */  \
     static FT_CLONES void ft_tangent_act_##SFX(int code, const T *z, const T *y, const T *tb,  \
                                                T *tz, T *ty, ptrdiff_t k, ptrdiff_t rows,    \
                                                ptrdiff_t cols, int init)                     \
     {                                                                                        \
         T d1[FT_CHUNK];                                                                      \
         ptrdiff_t i, j, l, c0, n;                                                            \
-        int mul = ty != NULL && ty != tz;                                                    \
+        int mul = ty != NULL && !(ty == tz && code == FT_ACT_IDENTITY);                      \
         for (i = 0; i < rows; i++)                                                           \
             for (c0 = 0; c0 < cols; c0 += FT_CHUNK) {                                        \
                 const T *restrict zr = z + i * cols + c0;                                    \
@@ -696,7 +696,9 @@ FT_DEFINE_BIAS_ACT(double, d)
                         memset(tzr, 0, (size_t)n * sizeof(T));                               \
                     else if (tbr != NULL)                                                    \
                         for (j = 0; j < n; j++) tzr[j] += tbr[j];                            \
-                    if (mul) {                                                               \
+                    if (mul && ty == tz) {                                                   \
+                        for (j = 0; j < n; j++) tzr[j] *= d1[j];                             \
+                    } else if (mul) {                                                        \
                         T *restrict tyr = ty + (l * rows + i) * cols + c0;                   \
                         for (j = 0; j < n; j++) tyr[j] = d1[j] * tzr[j];                     \
                     }                                                                        \

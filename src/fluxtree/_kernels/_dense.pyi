@@ -60,7 +60,7 @@ def dense_tangent(
     ty: NDArray[Any] | None,
 ) -> None:
     """tz[j] := tx[j] . W^T + x . tW[j]^T + tb[j]; ty[j] := act'(z) * tz[j] (k blocks j;
-    tx, tW, tb may be None, one at least given; ty None: tz only; ty may be tz for act 0)"""
+    tx, tW, tb may be None, one at least given; ty None: tz only; ty may be tz: in place)"""
 
 def dense_tangent_backward(
     x: NDArray[Any] | None,

@@ -183,7 +183,7 @@ cdef void dense_tangent_ptr(const floating *x, const floating *W, const floating
                             const floating *tb, floating *tz, floating *ty, Py_ssize_t k,
                             Py_ssize_t B, Py_ssize_t nin, Py_ssize_t nout) noexcept nogil:
     """tz[j] := tx[j] . W^T + x . tW[j]^T + tb[j], ty[j] := act'(z) * tz[j] for the k blocks j
-    (pointer form; tx, tW, tb NULL: no such term; ty NULL: tz only, ty == tz: identity)."""
+    (pointer form; tx, tW, tb NULL: no such term; ty NULL: tz only; ty may be tz: in place)."""
     cdef Py_ssize_t j
     cdef int init = 1
     if tx != NULL:                      # all k blocks in one gemm: (k B, in) . (in, out)
@@ -288,7 +288,7 @@ def dense_tangent(cnp.ndarray x, cnp.ndarray W, cnp.ndarray z, cnp.ndarray y, in
                   cnp.ndarray tx, cnp.ndarray tW, cnp.ndarray tb, cnp.ndarray tz,
                   cnp.ndarray ty):
     """tz[j] := tx[j] . W^T + x . tW[j]^T + tb[j]; ty[j] := act'(z) * tz[j] (k blocks j;
-    tx, tW, tb may be None, one at least given; ty None: tz only; ty may be tz for act 0)"""
+    tx, tW, tb may be None, one at least given; ty None: tz only; ty may be tz: in place)"""
     cdef Py_ssize_t k = cnp.PyArray_DIM(tz, 0), B = cnp.PyArray_DIM(tz, 1)
     cdef Py_ssize_t nout = cnp.PyArray_DIM(tz, 2), nin = cnp.PyArray_DIM(W, 1)
     cdef int typ = cnp.PyArray_TYPE(tz)

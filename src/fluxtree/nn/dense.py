@@ -208,21 +208,20 @@ class Dense:
         act'(z)``: ``dx = delta @ w`` (in x's shape), ``dw = delta.T @ x``, ``db`` the sum
         of delta over the batch."""
         s = saved
-        w, code = s.w, s.code
+        w, b, code = s.w, s.b, s.code
         g = np.asarray(d_out).reshape(s.y.shape)
-        want_b = needs[2] and s.b is not None
         if s.kernel:
             g = np.ascontiguousarray(g, s.y.dtype)
             delta = g if code == 0 else np.empty_like(g)
             dx = np.empty_like(s.x) if needs[0] else None
             dw = np.empty_like(w) if needs[1] else None
-            db = np.empty(w.shape[0], w.dtype) if want_b else None
+            db = np.empty(w.shape[0], w.dtype) if needs[2] and b is not None else None
             _dense.dense_backward(s.x, w, s.z, s.y, g, code, delta, dx, dw, db)
         else:
             delta = g if code == 0 else g * _np_derivative(code, s.z, s.y, 1)
             dx = (delta @ w).astype(s.x.dtype, copy=False) if needs[0] else None
             dw = (delta.T @ s.x).astype(w.dtype, copy=False) if needs[1] else None
-            db = delta.sum(0).astype(s.b.dtype, copy=False) if want_b else None  # type: ignore[union-attr]
+            db = delta.sum(0).astype(b.dtype, copy=False) if needs[2] and b is not None else None
         s.dy, s.delta = d_out, delta
         return (None if dx is None else dx.reshape(s.shape)), dw, db
 
@@ -235,13 +234,15 @@ class Dense:
         if out is None:
             return None
         tz, ty = out
-        s.tin, s.tz = tuple(t_inputs), tz
+        if s.code in _dense.D2_CODES:           # tangent_backward needs tz
+            s.tin, s.tz = tuple(t_inputs), tz
         return ty.reshape(tz.shape[0], *s.shape[:-1], s.w.shape[0])
 
     def _tangent(self, s: _Saved, t_inputs: Sequence[Any],
                  act: bool) -> tuple[np.ndarray, np.ndarray] | None:
         """(tz, ty): tz = tx @ w.T + x @ tw.T + tb of shape (k, B, out) and, with ``act``,
-        ty = act'(z) * tz (else ty is tz); None without tangents."""
+        ty = act'(z) * tz (else ty is tz); None without tangents.  Where act'' is zero, nothing
+        reads tz later, and the kernel overwrites it with ty."""
         tx, tw, tb = t_inputs
         if s.b is None:
             tb = None
@@ -260,7 +261,7 @@ class Dense:
             if tb is not None:
                 tb = np.ascontiguousarray(tb, dt)
             tz = np.empty((k, B, nout), dt)
-            ty = np.empty_like(tz) if act else None
+            ty = (np.empty_like(tz) if s.code in _dense.D2_CODES else tz) if act else None
             _dense.dense_tangent(s.x, s.w, s.z, s.y, s.code, tx, tw, tb, tz, ty)
             return tz, tz if ty is None else ty
         tz = np.zeros((k, B, nout), s.y.dtype)
@@ -281,10 +282,10 @@ class Dense:
         (k leading).  ``d_out`` None means zero (the Gauss-Newton product), so does
         ``t_d_out`` None; all None when there is no tangent at all."""
         s = saved
-        w, code = s.w, s.code
+        w, b, code = s.w, s.b, s.code
         (B, nin), nout = s.x.shape, w.shape[0]
         tx, tw, tb = t_inputs
-        has_t = tx is not None or tw is not None or (tb is not None and s.b is not None)
+        has_t = tx is not None or tw is not None or (tb is not None and b is not None)
         if t_d_out is None and not has_t:
             return None, None, None
         g = delta = tz = None
@@ -295,7 +296,7 @@ class Dense:
             delta = s.delta if s.dy is d_out and s.delta is not None else self._delta(s, g)
             if code in _dense.D2_CODES:
                 tin = s.tin
-                same = tin is not None and all(a is b for a, b in zip(tin, t_inputs))
+                same = tin is not None and all(u is v for u, v in zip(tin, t_inputs))
                 out = None if same else self._tangent(s, t_inputs, False)
                 tz = s.tz if out is None else out[0]
         if t_d_out is not None:
@@ -303,7 +304,6 @@ class Dense:
         else:
             k = next(t for t in t_inputs if t is not None).shape[0]
         tdy = None if t_d_out is None else np.reshape(t_d_out, (k, B, nout))
-        want_b = needs[2] and s.b is not None
         if s.kernel:
             dt = s.y.dtype
             if tdy is not None:
@@ -315,7 +315,7 @@ class Dense:
             r = tdy if code == 0 and tdy is not None else np.empty((k, B, nout), dt)
             tdx = np.empty((k, B, nin), dt) if needs[0] else None
             tdw = np.empty((k, nout, nin), dt) if needs[1] else None
-            tdb = np.empty((k, nout), dt) if want_b else None
+            tdb = np.empty((k, nout), dt) if needs[2] and b is not None else None
             _dense.dense_tangent_backward(s.x, w, s.z, s.y, code, delta, g, tx, tw, tz, tdy, r,
                                           tdx, tdw, tdb)
         else:
@@ -337,8 +337,8 @@ class Dense:
                 if delta is not None and tx is not None:
                     tdw = tdw + delta.T @ tx
                 tdw = tdw.astype(w.dtype, copy=False)
-            if want_b:
-                tdb = r.sum(1).astype(s.b.dtype, copy=False)  # type: ignore[union-attr]
+            if needs[2] and b is not None:
+                tdb = r.sum(1).astype(b.dtype, copy=False)
         return (None if tdx is None else tdx.reshape(k, *s.shape)), tdw, tdb
 
     def _delta(self, s: _Saved, g: np.ndarray) -> np.ndarray:
