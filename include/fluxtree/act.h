@@ -1,5 +1,6 @@
 /*
- * fluxtree/act.h -- activation functions shared by the Dense and BatchNorm kernels.
+ * fluxtree/act.h -- activation functions and their first and second derivatives, shared
+ * by the Dense and BatchNorm kernels.
  *
  * Activation codes (the `act` argument of every kernel):
  *   0 identity   x
@@ -19,15 +20,29 @@
  * (relative error a few ulp of double) and ft_*_vf in float arithmetic for float data (a few
  * ulp of float).  NaN propagates, +-inf map to the limits.
  *
+ * Derivatives come from the pre-activation z and the output y = act(z) together
+ * (ft_<name>_d1_v(z, y), ft_<name>_d2_v(z, y)): all but gelu and swish read only y (tanh' =
+ * 1 - y^2, sigmoid' = y (1 - y), softplus' = -expm1(-y), elu' = y + 1 for z <= 0), so a
+ * caller that kept no pre-activation may pass y for z; ft_act_reads_z(code) says which read
+ * z, ft_act_has_d2(code) which have a second derivative that is not identically zero.
+ *
  * Scalar API (for kernels that need one value at a time):
  *   ft_act_d(code, z), ft_act_f(code, z)     activation
  *   ft_dact_d(code, z), ft_dact_f(code, z)   its first derivative d act / dz (at z = 0 relu,
  *                                            leakyrelu and elu take the left derivative)
  *   ft_d2act_d(code, z), ft_d2act_f(code, z) its second derivative (0 for the piecewise-linear
  *                                            relu and leakyrelu; elu's left value at z = 0)
- * Array API (the Dense epilogue), row-major (rows, cols), b may be NULL, suffix f or d:
+ * Array API (the Dense kernels), row-major (rows, cols), b may be NULL, suffix f or d; blocks
+ * of k tangents are (k, rows, cols):
  *   ft_bias_act_inplace_f(code, y, b, rows, cols):   y[i, j] = act(y[i, j] + b[j])
  *   ft_bias_act_pre_f(code, z, b, y, rows, cols):    z[i, j] += b[j]; y[i, j] = act(z[i, j])
+ *   ft_dact_mul_f(code, z, y, dy, delta, db, rows, cols):   delta = dy act'(z), db = column
+ *                                                    sums of delta (db may be NULL)
+ *   ft_tangent_act_f(code, z, y, tb, tz, ty, k, rows, cols, init):   tz[l] += tb[l],
+ *                                                    ty[l] = act'(z) tz[l]
+ *   ft_rdelta_f(code, z, y, dy, tdy, tz, r, tdb, k, rows, cols):   r[l] = tdy[l] act'(z) +
+ *                                                    dy act''(z) tz[l], tdb[l] = sums of r[l]
+ *   ft_act_eval_f(code, order, z, out, n):           out = act, act' or act'' of z (order 0-2)
  * On GCC/x86-64 Linux the array loops are compiled for AVX-512, AVX2 and baseline x86-64 and
  * picked at load time (target_clones); elsewhere they are plain -O3 loops.
  */
