@@ -407,6 +407,21 @@ def test_tangent_backward_identity_in_place(dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("code", ACTS, ids=NAMES)
+@pytest.mark.parametrize("with_tdy", [True, False])
+def test_tangent_backward_rdelta_in_tz(dtype, code, with_tdy):
+    rng = np.random.default_rng(12)
+    outs, _, args = _run_tangent_backward(rng, dtype, code, (5, 4, 300), 2, True, with_tdy,
+                                          "xWb")
+    x, W, z, y, delta, dy, tx, tW, tz, tdy = args
+    tz = tz.copy()
+    rest = (np.empty_like(outs[1]), np.empty_like(outs[2]), np.empty_like(outs[3]))
+    dense_tangent_backward(x, W, z, y, code, delta, dy, tx, tW, tz, tdy, tz, *rest)
+    for a, b in zip(outs, (tz, *rest)):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_tangent_backward_empty_dimensions(dtype):
     for B, nin, nout in [(0, 3, 2), (4, 0, 2)]:
         x, W = np.ones((B, nin), dtype), np.ones((nout, nin), dtype)

@@ -722,7 +722,8 @@ FT_DEFINE_BIAS_ACT(double, d)
     }                                                                                        \
     /* for each block l: r[l] = tdy[l] act'(z) + dy act''(z) tz[l] (tdy or dy NULL: that    \
      * term is zero; tz is read only when dy != NULL and act'' is not identically 0), and     \
-     * with tdb != NULL tdb[l, j] = sum_i r[l, i, j]; r may be tdy itself for the identity */ \
+     * with tdb != NULL tdb[l, j] = sum_i r[l, i, j]; r may be tz (in place), or tdy itself   \
+     * for the identity */                                                                  \
     static FT_CLONES void ft_rdelta_##SFX(int code, const T *z, const T *y, const T *dy,      \
                                           const T *tdy, const T *tz, T *r, T *restrict tdb,  \
                                           ptrdiff_t k, ptrdiff_t rows, ptrdiff_t cols)       \
@@ -748,7 +749,11 @@ FT_DEFINE_BIAS_ACT(double, d)
                 for (l = 0; l < k; l++) {                                                    \
                     ptrdiff_t off = (l * rows + i) * cols + c0;                              \
                     T *rr = r + off;                                                         \
-                    if (use_t && use_h) {                                                    \
+                    if (use_t && use_h && rr == tz + off) {                                  \
+                        T *restrict ro = rr;                                                 \
+                        const T *restrict ta = tdy + off;                                    \
+                        for (j = 0; j < n; j++) ro[j] = ta[j] * d1[j] + h[j] * ro[j];        \
+                    } else if (use_t && use_h) {                                             \
                         T *restrict ro = rr;                                                 \
                         const T *restrict ta = tdy + off;                                    \
                         const T *restrict tzr = tz + off;                                    \
@@ -759,6 +764,9 @@ FT_DEFINE_BIAS_ACT(double, d)
                         T *restrict ro = rr;                                                 \
                         const T *restrict ta = tdy + off;                                    \
                         for (j = 0; j < n; j++) ro[j] = ta[j] * d1[j];                       \
+                    } else if (use_h && rr == tz + off) {                                    \
+                        T *restrict ro = rr;                                                 \
+                        for (j = 0; j < n; j++) ro[j] *= h[j];                               \
                     } else if (use_h) {                                                      \
                         T *restrict ro = rr;                                                 \
                         const T *restrict tzr = tz + off;                                    \

@@ -81,8 +81,8 @@ def dense_tangent_backward(
 ) -> None:
     """rdelta[j] := tdy[j] * act'(z) + dy * act''(z) * tz[j]; tdx[j] := rdelta[j] . W +
     delta . tW[j]; tdW[j] := rdelta[j]^T . x + delta^T . tx[j]; tdb[j] := column sums of
-    rdelta[j] (None factors drop their terms; None outputs are skipped; rdelta may be tdy
-    for act 0)"""
+    rdelta[j] (None factors drop their terms; None outputs are skipped; rdelta may be tz,
+    or tdy for act 0: in place)"""
 
 def act_eval(code: int, z: NDArray[Any], order: int, out: NDArray[Any]) -> None:
     """out := act(z), act'(z) or act''(z) elementwise for order 0, 1, 2 (out may be z)"""

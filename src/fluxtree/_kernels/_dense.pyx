@@ -210,7 +210,8 @@ cdef void dense_tangent_backward_ptr(const floating *x, const floating *W, const
                                      Py_ssize_t nin, Py_ssize_t nout) noexcept nogil:
     """rdelta[j] := tdy[j] * act'(z) + dy * act''(z) * tz[j]; tdx[j] := rdelta[j] . W +
     delta . tW[j], tdW[j] := rdelta[j]^T . x + delta^T . tx[j], tdb[j] := sum over rows of
-    rdelta[j] (pointer form; a NULL factor drops its term, a NULL output is skipped)."""
+    rdelta[j] (pointer form; a NULL factor drops its term, a NULL output is skipped; rdelta
+    may be tz, or tdy for act 0)."""
     cdef Py_ssize_t j
     cdef floating beta
     cdef bint have_r = tdy != NULL or (dy != NULL and ft_act_has_d2(act))
@@ -322,8 +323,8 @@ def dense_tangent_backward(cnp.ndarray x, cnp.ndarray W, cnp.ndarray z, cnp.ndar
                            cnp.ndarray tdx, cnp.ndarray tdW, cnp.ndarray tdb):
     """rdelta[j] := tdy[j] * act'(z) + dy * act''(z) * tz[j]; tdx[j] := rdelta[j] . W +
     delta . tW[j]; tdW[j] := rdelta[j]^T . x + delta^T . tx[j]; tdb[j] := column sums of
-    rdelta[j] (None factors drop their terms; None outputs are skipped; rdelta may be tdy
-    for act 0)"""
+    rdelta[j] (None factors drop their terms; None outputs are skipped; rdelta may be tz,
+    or tdy for act 0: in place)"""
     cdef Py_ssize_t k = cnp.PyArray_DIM(rdelta, 0), B = cnp.PyArray_DIM(rdelta, 1)
     cdef Py_ssize_t nout = cnp.PyArray_DIM(rdelta, 2), nin = cnp.PyArray_DIM(W, 1)
     cdef int typ = cnp.PyArray_TYPE(rdelta)

@@ -312,7 +312,13 @@ class Dense:
                 tx = np.ascontiguousarray(tx, dt).reshape(k, B, nin)
             if tw is not None:
                 tw = np.ascontiguousarray(tw, dt)
-            r = tdy if code == 0 and tdy is not None else np.empty((k, B, nout), dt)
+            if tz is not None:            # r overwrites tz, which nothing reads afterwards
+                r = tz
+                s.tin = s.tz = None
+            elif code == 0 and tdy is not None:
+                r = tdy
+            else:
+                r = np.empty((k, B, nout), dt)
             tdx = np.empty((k, B, nin), dt) if needs[0] else None
             tdw = np.empty((k, nout, nin), dt) if needs[1] else None
             tdb = np.empty((k, nout), dt) if needs[2] and b is not None else None
