@@ -381,6 +381,18 @@ def test_tangent_backward_missing_terms(dtype, code, with_dy, with_tdy, which):
         _close(a, r, RTOL[dtype], max(np.abs(r).max(), 1.0))
 
 
+@pytest.mark.parametrize("code", [2, 8], ids=lambda c: NAMES[c])
+def test_tangent_backward_without_tz_drops_the_second_derivative_term(code):
+    rng = np.random.default_rng(13)
+    _, _, args = _run_tangent_backward(rng, np.float64, code, (5, 4, 3), 2, True, True, "xW")
+    x, W, z, y, delta, dy, tx, tW, _, tdy = args
+    outs = [np.empty((2, 5, 3)), np.empty((2, 5, 4)), np.empty((2, 3, 4)), np.empty((2, 3))]
+    dense_tangent_backward(x, W, z, y, code, delta, dy, tx, tW, None, tdy, *outs)
+    ref = ref_tangent_backward(code, x, W, z, y, dy, tx, tW, np.zeros((2, 5, 3)), tdy, 2)
+    for a, r in zip(outs, ref):
+        _close(a, r, 1e-12)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("code", [0, 2, 8], ids=lambda c: NAMES[c])
 def test_tangent_backward_optional_outputs(dtype, code):

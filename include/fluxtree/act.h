@@ -720,8 +720,8 @@ FT_DEFINE_BIAS_ACT(double, d)
                 }                                                                            \
             }                                                                                \
     }                                                                                        \
-    /* for each block l: r[l] = tdy[l] act'(z) + dy act''(z) tz[l] (tdy or dy NULL: that    \
-     * term is zero; tz is read only when dy != NULL and act'' is not identically 0), and     \
+    /* for each block l: r[l] = tdy[l] act'(z) + dy act''(z) tz[l] (a NULL tdy, or dy or tz: \
+     * that term is zero; tz is read only when dy != NULL and act'' is not identically 0),   \
      * with tdb != NULL tdb[l, j] = sum_i r[l, i, j]; r may be tz (in place), or tdy itself   \
      * for the identity */                                                                  \
     static FT_CLONES void ft_rdelta_##SFX(int code, const T *z, const T *y, const T *dy,      \
@@ -730,7 +730,7 @@ FT_DEFINE_BIAS_ACT(double, d)
     {                                                                                        \
         T d1[FT_CHUNK], h[FT_CHUNK];                                                         \
         ptrdiff_t i, j, l, c0, n;                                                            \
-        int use_h = dy != NULL && ft_act_has_d2(code);                                       \
+        int use_h = dy != NULL && tz != NULL && ft_act_has_d2(code);                         \
         int use_t = tdy != NULL;                                                             \
         if (tdb != NULL)                                                                     \
             memset(tdb, 0, (size_t)(k * cols) * sizeof(T));                                  \

@@ -214,7 +214,7 @@ cdef void dense_tangent_backward_ptr(const floating *x, const floating *W, const
     may be tz, or tdy for act 0)."""
     cdef Py_ssize_t j
     cdef floating beta
-    cdef bint have_r = tdy != NULL or (dy != NULL and ft_act_has_d2(act))
+    cdef bint have_r = tdy != NULL or (dy != NULL and tz != NULL and ft_act_has_d2(act))
     cdef bint have_d = delta != NULL
     if k > 0 and B > 0 and nout > 0:
         if floating is float:
