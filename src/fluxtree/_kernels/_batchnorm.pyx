@@ -316,7 +316,9 @@ cdef extern from * nogil:
     #if defined(__GNUC__)
     #define FTBNG_INLINE static inline __attribute__((always_inline))
     #define FTBNG_FLATTEN __attribute__((flatten))  /* inline act.h whatever the unit's size */
+    #define FTBNG_ALIGN __attribute__((aligned(64)))
     #else
+    #define FTBNG_ALIGN
     #define FTBNG_INLINE static inline
     #define FTBNG_FLATTEN
     #endif
@@ -455,8 +457,12 @@ cdef extern from * nogil:
     /* Per-segment scratch; da, dd point to act'(u), act''(u) (the constant ones and zeros
      * for the identity). */
     typedef struct {
-        double xh[FTBNG_BLK], u[FTBNG_BLK], d1[FTBNG_BLK], d2[FTBNG_BLK], g[FTBNG_BLK],
-               h[FTBNG_BLK];
+        FTBNG_ALIGN double xh[FTBNG_BLK];
+        FTBNG_ALIGN double u[FTBNG_BLK];
+        FTBNG_ALIGN double d1[FTBNG_BLK];
+        FTBNG_ALIGN double d2[FTBNG_BLK];
+        FTBNG_ALIGN double g[FTBNG_BLK];
+        FTBNG_ALIGN double h[FTBNG_BLK];
         const double *da, *dd;
     } ftbng_buf;
 
@@ -484,7 +490,11 @@ cdef extern from * nogil:
                           u[e] = (xd - mu[j * cs]) * gs[j * cs] + sh[j * cs];
                           xh[e] = (xd - mu[j * cs]) * s[j * cs];)
         }
-        ftbng_dact(a->code, d == 2, u, b->d1, b->d2, R * W);
+        /* whole vectors only: a value's derivative then does not depend on its position
+         * (vector body or scalar tail), so results do not depend on the thread count */
+        for (j = R * W; j < ((R * W + 31) & ~(ptrdiff_t)31); j++)
+            u[j] = 0.0;
+        ftbng_dact(a->code, d == 2, u, b->d1, b->d2, (R * W + 31) & ~(ptrdiff_t)31);
         b->da = b->d1;
         b->dd = b->d2;
     }
