@@ -1,4 +1,5 @@
-"""BatchNorm forward kernel over (B, C, S) arrays: y = act(gamma * (x - mean) / sqrt(var + eps) + beta).
+"""BatchNorm kernels over (B, C, S) arrays: y = act(gamma * (x - mean) / sqrt(var + eps) + beta)
+and its derivatives (backward, tangent, tangent-backward).
 
 The Python layer validates and reshapes (B, C, *spatial) to C-contiguous (B, C, S); the kernel
 assumes x and out of shape (B, C, S) and one dtype (float32 or float64), the per-channel
@@ -11,6 +12,13 @@ deviations).  The normalization is evaluated in double for float64 data,
 (coefficients computed in double) for float32 data.  Above PARALLEL_MIN_ELEMENTS the channels are split over OpenMP threads; every
 channel is reduced by one thread in a fixed order, so results do not depend on the thread
 count.
+
+The derivative kernels (second half of this file) take what the forward kernel used (x, the
+mean and 1/sqrt(var + eps) of each channel, gamma, beta, the activation) and blocks of K
+adjoints or tangents, (K, B, C, S), all K served by one pass over the data.  They recompute
+the pre-activation u and act'(u) (act''(u)) rather than storing them, work in double
+(reductions included) whatever the data's dtype, and split channels over threads as the
+forward kernel does.
 """
 cimport numpy as cnp
 from cython.parallel cimport prange
