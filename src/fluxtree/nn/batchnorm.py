@@ -39,21 +39,23 @@ def _blocks(tangents: tuple) -> int:
 class _Saved:
     """What BatchNorm.forward keeps for its derivative rules.
 
-    ``x3`` is the input as the kernels read it, (batch, C, L) in float32 or float64; the
-    mean and 1/sqrt(var + eps) used (batch or running statistics, float64); the parameters
-    as kernel vectors (``gamma``/``beta``) and as given (``params``, for the gradients'
-    dtypes); ``batch``: the statistics are those of the batch (so depend on x);
-    ``tstats``: (tx, its per-channel means) from ``tangent`` for ``tangent_backward``.
+    ``x3`` is the input as the kernels read it, (batch, C, L) in float32 or float64, and
+    ``shape``/``dtype`` those of x after conversion to the layer's dtype; the mean and
+    1/sqrt(var + eps) used (batch or running statistics, float64); the parameters as kernel
+    vectors (``gamma``/``beta``) and their own dtypes (``pdtypes``, for their gradients);
+    ``batch``: the statistics are those of the batch (so depend on x); ``tstats``: the tx
+    block given to ``tangent`` and the per-channel means mean(tx), mean(xh tx) it computed,
+    which ``tangent_backward`` reuses for the same tx.
     """
 
-    __slots__ = ("batch", "beta", "code", "dtype", "gamma", "invstd", "mean", "params", "shape",
-                 "tstats", "x3")
+    __slots__ = ("batch", "beta", "code", "dtype", "gamma", "invstd", "mean", "pdtypes",
+                 "shape", "tstats", "x3")
 
     def __init__(self, x3: np.ndarray, shape: tuple, dtype: np.dtype, mean: np.ndarray,
-                 invstd: np.ndarray, gamma: Any, beta: Any, gamma_in: Any, beta_in: Any,
-                 code: int, batch: bool) -> None:
+                 invstd: np.ndarray, gamma: Any, beta: Any, pdtypes: tuple, code: int,
+                 batch: bool) -> None:
         self.x3, self.shape, self.dtype, self.mean, self.invstd = x3, shape, dtype, mean, invstd
-        self.gamma, self.beta, self.params = gamma, beta, (gamma_in, beta_in)
+        self.gamma, self.beta, self.pdtypes = gamma, beta, pdtypes
         self.code, self.batch = code, batch
         self.tstats: tuple | None = None
 
@@ -69,14 +71,14 @@ class _Saved:
         return np.ascontiguousarray(a, self.x3.dtype).reshape((k or 1,) + self.x3.shape)
 
     def as_x(self, a: np.ndarray, k: int = 0) -> np.ndarray:
-        """A kernel result shaped like x (k > 0: with a leading block axis) in x's dtype."""
+        """A kernel result shaped like x (k > 0: with a leading block axis) in its dtype."""
         return a.reshape(((k,) if k else ()) + self.shape).astype(self.dtype, copy=False)
 
     def as_param(self, a: np.ndarray | None, i: int, k: int = 0) -> np.ndarray | None:
         """A (k or 1, C) float64 kernel result as parameter i's gradient (k > 0: a block)."""
         if a is None:
             return None
-        return (a if k else a[0]).astype(np.asarray(self.params[i]).dtype, copy=False)
+        return (a if k else a[0]).astype(self.pdtypes[i], copy=False)
 
 
 @functors.functor("activation", "beta", "gamma", "running_mean", "running_var", "eps",
@@ -87,9 +89,11 @@ class BatchNorm:
 
     Training (``active=True``, or ``active=None`` inside ``training()``/``gradient``) uses
     the batch mean and biased variance and updates the running statistics in place
-    (``running_var`` with the ``m/(m-1)`` correction, as Flux); test mode uses the running
+    (``running_var`` with the ``m/(m-1)`` correction, as Flux), except inside
+    ``frozen_stats()`` (``hvp``, ``hessian``, scipy's probes); test mode uses the running
     statistics. Only ``beta`` and ``gamma`` are trainable. Parameters are float32; ``f16``
-    keeps them so.
+    keeps them so. The layer is an op of ``fluxtree.autodiff`` with all four rules, so
+    gradients and exact Hessian products pass through it in either mode.
 
     >>> import numpy as np
     >>> from fluxtree.nn import trainmode_
@@ -196,7 +200,8 @@ class BatchNorm:
                 var = 1.0 / invstd**2 - self.eps
                 rm[...] = (1 - mom) * rm + mom * mean
                 rv[...] = (1 - mom) * rv + mom * (m / (m - 1)) * var
-        saved = _Saved(x3, x.shape, dtype, mean, invstd, g, b, gamma, beta, code, batch)
+        pdtypes = tuple(None if a is None else np.asarray(a).dtype for a in (gamma, beta))
+        saved = _Saved(x3, x.shape, dtype, mean, invstd, g, b, pdtypes, code, batch)
         return y.reshape(x.shape).astype(dtype, copy=False), saved
 
     def backward(self, saved: _Saved, d_out: Any, needs: tuple) -> tuple:
