@@ -402,7 +402,10 @@ cdef extern from * nogil:
     #define FTBNG_EACH(base, BODY)                                                         \
         for (r = 0; r < R; r++) {                                                          \
             const ptrdiff_t o_ = (base) + off + r * rs, e_ = r * W;                        \
-            for (j = 0; j < W; j++) { const ptrdiff_t o = o_ + j, e = e_ + j; BODY }       \
+            for (j = 0; j < W; j++) {                                                      \
+                const ptrdiff_t o = o_ + j, e = e_ + j;                                    \
+                (void)o; BODY                                                              \
+            }                                                                              \
         }
     /* Sums of E0, E1 (after the statements PRE) into A0, A1: per channel A[j] for row
      * segments, a vectorized sum added to A[0] for channel segments. */
@@ -416,7 +419,7 @@ cdef extern from * nogil:
                 _Pragma("omp simd reduction(+:r0,r1)")                                     \
                 for (j = 0; j < W; j++) {                                                  \
                     const ptrdiff_t o = o_ + j, e = e_ + j;                                \
-                    PRE r0 += (E0); r1 += (E1);                                            \
+                    (void)o; PRE r0 += (E0); r1 += (E1);                           \
                 }                                                                          \
             }                                                                              \
             A0[0] += r0; A1[0] += r1;                                                      \
@@ -431,7 +434,7 @@ cdef extern from * nogil:
                 _Pragma("omp simd reduction(+:r0,r1,r2)")                                  \
                 for (j = 0; j < W; j++) {                                                  \
                     const ptrdiff_t o = o_ + j, e = e_ + j;                                \
-                    PRE r0 += (E0); r1 += (E1); r2 += (E2);                                \
+                    (void)o; PRE r0 += (E0); r1 += (E1); r2 += (E2);               \
                 }                                                                          \
             }                                                                              \
             A0[0] += r0; A1[0] += r1; A2[0] += r2;                                         \
@@ -553,7 +556,8 @@ cdef extern from * nogil:
         ptrdiff_t r, j, k;
         ftbng_prep(FTBNG_SEG_PASS, 0, b);
         for (k = 0; k < a->K; k++) {
-            const double *restrict p = a->w[2] + k * a->C + cb, *restrict q = a->w[3] + k * a->C + cb;
+            const double *restrict p = a->w[2] + k * a->C + cb;
+            const double *restrict q = a->w[3] + k * a->C + cb;
             FTBNG_EACH(k * NCL, ftbng_st(out, o, gs[j * cs] * ftbng_ld(g, o, isf)
                                                  + p[j * cs] * xh[e] + q[j * cs], isf);)
         }
@@ -631,7 +635,8 @@ cdef extern from * nogil:
         ftbng_prep(FTBNG_SEG_PASS, 1, b);
         da = b->da;
         for (k = 0; k < a->K; k++) {
-            const double *restrict p = a->w[2] + k * a->C + cb, *restrict q = a->w[3] + k * a->C + cb;
+            const double *restrict p = a->w[2] + k * a->C + cb;
+            const double *restrict q = a->w[3] + k * a->C + cb;
             if (tx != NULL) {
                 FTBNG_EACH(k * NCL, ftbng_st(out, o, da[e] * (gs[j * cs] * ftbng_ld(tx, o, isf)
                                                               + p[j * cs] * xh[e] + q[j * cs]),
@@ -707,7 +712,8 @@ cdef extern from * nogil:
             FTBNG_SUM2(0, s0, s1, , g[e], g[e] * xh[e])
         }
         for (k = 0; k < a->K; k++) {
-            const double *restrict p = a->w[2] + k * a->C + cb, *restrict q = a->w[3] + k * a->C + cb;
+            const double *restrict p = a->w[2] + k * a->C + cb;
+            const double *restrict q = a->w[3] + k * a->C + cb;
             double *restrict s0 = a->w[4] + k * a->C + cb, *restrict s1 = a->w[5] + k * a->C + cb;
             double *restrict s2 = a->w[6] + k * a->C + cb;
             FTBNG_TB_VARIANTS(FTBNG_TB_SUMS)
@@ -722,7 +728,8 @@ cdef extern from * nogil:
         ftbng_tb_gh(FTBNG_SEG_PASS, b);
         da = b->da;
         for (k = 0; k < a->K; k++) {
-            const double *restrict p = a->w[2] + k * a->C + cb, *restrict q = a->w[3] + k * a->C + cb;
+            const double *restrict p = a->w[2] + k * a->C + cb;
+            const double *restrict q = a->w[3] + k * a->C + cb;
             const double *restrict e1 = a->w[6] + k * a->C + cb;
             const double *restrict e3 = a->w[7] + k * a->C + cb;
             const double *restrict e4 = a->w[8] + k * a->C + cb;
@@ -764,8 +771,9 @@ cdef extern from * nogil:
                 }
             }
         }
-        if (a->out != NULL)
+        if (a->out != NULL) {
             FTBNG_SEGMENTS(ftbng_tb_out_seg, &b)
+        }
     }
 
     /* The exported kernels: channels [c0, c1), one channel at a time when L > 1 (its data
