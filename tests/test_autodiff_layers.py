@@ -1,5 +1,7 @@
 """Derivatives through layers, losses and Restructure: seed 000's example, finite differences,
 JAX, ties, BatchNorm's modes and running statistics, Gauss-Newton, user layers."""
+import warnings
+
 import numpy as np
 import pytest
 
@@ -174,33 +176,39 @@ def test_hvp_matches_finite_differences_and_is_symmetric(bn):
     np.testing.assert_allclose(block, np.stack([Hu, Hw], axis=1), rtol=1e-10, atol=1e-12)
 
 
-def test_hvp_matches_jax():
-    jax = pytest.importorskip("jax")
-    jax.config.update("jax_enable_x64", True)
-    jnp = jax.numpy
+def test_hvp_matches_torch_func():
+    """Against ``torch.func.jvp(torch.func.grad(f))`` (JAX runs in a child process in
+    test_autodiff_ops.py: importing it here would make later forks warn)."""
+    torch = pytest.importorskip("torch")
     m = mlp(ft.tanh, seed=13)
     flat, re = ft.destructure(m)
     rng = np.random.default_rng(14)
     x, y = rng.standard_normal((5, 3)), rng.standard_normal((5, 2))
     shapes = [p.shape for p in ft.trainables(m)]
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
 
-    def fj(v):
-        h, off = jnp.asarray(x), 0
+    def ft_torch(v):
+        h, off = xt, 0
         for i in range(3):
-            W = v[off:off + np.prod(shapes[2 * i])].reshape(shapes[2 * i])
-            off += W.size
+            n = int(np.prod(shapes[2 * i]))
+            W = v[off:off + n].reshape(shapes[2 * i])
+            off += n
             b = v[off:off + shapes[2 * i + 1][0]]
-            off += b.size
+            off += b.numel()
             h = h @ W.T + b
             if i < 2:
-                h = jnp.tanh(h)
-        return jnp.mean((h - y) ** 2)
+                h = torch.tanh(h)
+        return torch.mean((h - yt) ** 2)
 
     u = rng.standard_normal(flat.size)
     f = lambda v: ft.losses.mse(re(v)(x), y)  # noqa: E731
-    expected = jax.jvp(jax.grad(fj), (jnp.asarray(flat),), (jnp.asarray(u),))[1]
-    assert rel_err(ft.hvp(f, flat, u), np.asarray(expected)) < 1e-8
-    assert rel_err(ft.gradient(f, flat)[0], np.asarray(jax.grad(fj)(jnp.asarray(flat)))) < 1e-10
+    vt, ut = torch.from_numpy(flat.copy()), torch.from_numpy(u)
+    with warnings.catch_warnings():       # torch.func's first use warns about torch.jit
+        warnings.simplefilter("ignore", DeprecationWarning)
+        expected = torch.func.jvp(torch.func.grad(ft_torch), (vt,), (ut,))[1].numpy()
+        expected_grad = torch.func.grad(ft_torch)(vt).numpy()
+    assert rel_err(ft.hvp(f, flat, u), expected) < 1e-8
+    assert rel_err(ft.gradient(f, flat)[0], expected_grad) < 1e-10
 
 
 def test_gauss_newton_is_positive_semidefinite():

@@ -104,7 +104,7 @@ def gradient(f: Callable[..., Any], *args: Any) -> tuple:
     >>> m = ft.Dense(np.array([[1.0, 2.0]]), np.array([0.5]))
     >>> g = ft.gradient(lambda m: np.sum(m(np.array([[1.0, 1.0], [2.0, 0.0]])) ** 2), m)
     >>> g[0]["weight"], g[0]["bias"], g[0]["activation"]
-    (array([[15., 7.]]), array([11.]), None)
+    (array([[17.,  7.]]), array([12.]), None)
     """
     return value_and_gradient(f, *args)[1]
 
