@@ -2,12 +2,14 @@
 ``hessian`` and ``gauss_newton_vp``."""
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from .. import flat, functors
+from .._kernels._memory import block_cache
 from ..nn.mode import frozen_stats, training
 from .linearize import as_point, block, linearize, scalar_output, unblock
 from .tape import Tape
@@ -38,8 +40,17 @@ class _Watched:
 
 
 def _owned(t: Tracked) -> np.ndarray | None:
-    """The adjoint of ``t`` as a new array of its own (adjoints may be shared views)."""
-    return None if t.adj is None else np.array(t.adj, dtype=t.value.dtype, copy=True)
+    """The adjoint of ``t`` as an array of its own: adjoints may be views or be shared
+    between values, so it is copied unless nothing else can reach it (a base array that
+    only ``t`` references, which is then handed over as it is)."""
+    g = t.adj
+    if g is None:
+        return None
+    t.adj = None
+    if (type(g) is np.ndarray and g.base is None and g.flags.writeable and g.flags.c_contiguous
+            and g.dtype == t.value.dtype and sys.getrefcount(g) == 2):
+        return g
+    return np.array(g, dtype=t.value.dtype, copy=True)
 
 
 def _watch(tape: Tape, arg: Any, position: int) -> tuple[Any, _Watched]:
@@ -89,12 +100,12 @@ def value_and_gradient(f: Callable[..., Any], *args: Any) -> tuple[Any, tuple]:
         t, w = _watch(tape, a, i)
         traced.append(t)
         watched.append(w)
-    with training():
+    with training(), block_cache():
         out = f(*traced)
-    value = scalar_output(out, "gradient")
-    if isinstance(out, Tracked):
-        tape.backward(out)
-    return value, tuple(w.gradient() for w in watched)
+        value = scalar_output(out, "gradient")
+        if isinstance(out, Tracked):
+            tape.backward(out)
+        return value, tuple(w.gradient() for w in watched)
 
 
 def gradient(f: Callable[..., Any], *args: Any) -> tuple:
@@ -122,14 +133,14 @@ def jvp(f: Callable[[Any], Any], x: Any, v: Any) -> tuple[np.ndarray, np.ndarray
     t, is_block = block(v, x.shape, x.dtype, "jvp")
     tape = Tape()
     xt = tape.watch(x)
-    with training(), frozen_stats():
+    with training(), frozen_stats(), block_cache():
         out = f(xt)
-    if not isinstance(out, Tracked):
-        value = np.asarray(out)
-        return value, unblock(None, t.shape[0], value.shape, value.dtype, is_block, None)
-    tape.propagate_tangents({id(xt): t})
-    value = np.asarray(out.value)
-    return value, unblock(out.tan, t.shape[0], value.shape, value.dtype, is_block, None)
+        if not isinstance(out, Tracked):
+            value = np.asarray(out)
+            return value, unblock(None, t.shape[0], value.shape, value.dtype, is_block, None)
+        tape.propagate_tangents({id(xt): t})
+        value = np.asarray(out.value)
+        return value, unblock(out.tan, t.shape[0], value.shape, value.dtype, is_block, None)
 
 
 def hvp(f: Callable[[Any], Any], x: Any, v: Any) -> np.ndarray:

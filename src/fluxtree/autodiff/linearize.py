@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from .._kernels._memory import block_cache
 from ..nn.mode import frozen_stats, training
 from .tape import Tape
 from .tracked import Tracked
@@ -96,7 +97,8 @@ class Linearization:
 
     def gradient(self, out: np.ndarray | None = None) -> np.ndarray:
         """The gradient at ``x`` (a new array, or written into ``out``)."""
-        self._ensure_adjoints("all")
+        with block_cache():
+            self._ensure_adjoints("all")
         x = self._x.value
         g = self._x.adj
         if out is None:
@@ -113,10 +115,12 @@ class Linearization:
         k = t.shape[0]
         if not isinstance(self._out, Tracked):
             return unblock(None, k, x.shape, x.dtype, is_block, out)
-        self._ensure_adjoints("loss" if gauss_newton else "curvature")
-        tape = self._tape
-        tape.propagate_tangents({id(self._x): t})
-        tape.backward_tangents(self._split if gauss_newton and self._split is not None else 0)
+        with block_cache():
+            self._ensure_adjoints("loss" if gauss_newton else "curvature")
+            tape = self._tape
+            tape.propagate_tangents({id(self._x): t})
+            tape.backward_tangents(self._split if gauss_newton and self._split is not None
+                                   else 0)
         return unblock(self._x.tadj, k, x.shape, x.dtype, is_block, out)
 
     def hvp(self, v: Any, out: np.ndarray | None = None) -> np.ndarray:
@@ -149,7 +153,7 @@ def linearize(f: Callable[[Any], Any], x: Any, *, inner: Callable[[Any], Any] | 
     tape = Tape()
     xt = tape.watch(x)
     split = None
-    with training(), frozen_stats(not update_stats):
+    with training(), frozen_stats(not update_stats), block_cache():
         if inner is None:
             out = f(xt)
         else:
