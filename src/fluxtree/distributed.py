@@ -189,7 +189,6 @@ def bcast_(tree: T, comm: Any, root: int = 0, *, buffer: np.ndarray | None = Non
     >>> ft.bcast_(model, MPI.COMM_WORLD, root=0)              # doctest: +SKIP
     Dense(3 => 2)
     """
-    MPI = _mpi()
     _check_comm(comm, "bcast_")
     size = comm.Get_size()
     if isinstance(root, bool) or not isinstance(root, (int, np.integer)) \
@@ -223,7 +222,7 @@ def shard(data: T, comm: Any) -> T:
     array([0, 1, 2, 3, 4])
     """
     _check_comm(comm, "shard")
-    arrays = list(data) if isinstance(data, (tuple, list)) else [data]
+    arrays: list[Any] = list(data) if isinstance(data, (tuple, list)) else [data]
     if not arrays:
         raise ValueError("shard: expected an array or a tuple of arrays, got an empty "
                          f"{type(data).__name__}.")

@@ -229,7 +229,7 @@ class Objective(Generic[M]):
                                      f"observations (inputs of shape {X.shape}); give every "
                                      f"rank some (fluxtree.distributed.shard splits the rows "
                                      f"evenly).")
-        except Exception as e:
+        except Exception as e:               # noqa: BLE001 - reported on every rank below
             error = e
         buf = np.array([rows, 0.0])
         distributed._allreduce_agreed(comm, buf, error, "Objective")
@@ -325,7 +325,7 @@ class Objective(Generic[M]):
                 part(out)
                 if self._weight != 1.0:
                     out *= self._weight
-            except Exception as e:
+            except Exception as e:           # noqa: BLE001 - reported on every rank below
                 error = e
         distributed._allreduce_agreed(self.comm, buf, error, f"Objective.{what}")
         return out
