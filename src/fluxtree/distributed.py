@@ -151,7 +151,7 @@ def allreduce_(tree: T, comm: Any, op: str = "sum", *, buffer: np.ndarray | None
     >>> from mpi4py import MPI                                # doctest: +SKIP
     >>> w = np.array([1.0, 2.0])
     >>> grads = {"a": w, "b": w, "c": np.array([3.0], np.float32)}
-    >>> ft.allreduce_(grads, MPI.COMM_WORLD, "mean")["c"]    # doctest: +SKIP
+    >>> allreduce_(grads, MPI.COMM_WORLD, "mean")["c"]       # doctest: +SKIP
     array([3.], dtype=float32)
     """
     MPI = _mpi()
@@ -186,7 +186,7 @@ def bcast_(tree: T, comm: Any, root: int = 0, *, buffer: np.ndarray | None = Non
     >>> import numpy as np, fluxtree as ft
     >>> from mpi4py import MPI                                # doctest: +SKIP
     >>> model = ft.Dense(3, 2, rng=np.random.default_rng(MPI.COMM_WORLD.rank))  # doctest: +SKIP
-    >>> ft.bcast_(model, MPI.COMM_WORLD, root=0)              # doctest: +SKIP
+    >>> bcast_(model, MPI.COMM_WORLD, root=0)                 # doctest: +SKIP
     Dense(3 => 2)
     """
     _check_comm(comm, "bcast_")
