@@ -99,6 +99,13 @@ def tied_tree(rank, n=5):
             "steps": np.arange(3) + rank, "name": "tied"}
 
 
+def views(rank):
+    """A model whose parameters are views of one vector, as ``re(v, copy=False)`` makes."""
+    flat, re_ = ft.destructure(mlp())
+    v = np.arange(flat.size, dtype=flat.dtype) * (rank + 1)
+    return v, re_(v, copy=False)
+
+
 # ----------------------------------------------------------------------------
 # the 2-rank scripts (run as `mpiexec -n 2 python test_distributed.py CASE OUT`)
 # ----------------------------------------------------------------------------
@@ -126,6 +133,14 @@ def _case_objective(out):
     tree = {"a": np.full(3, rank + 1.0, np.float32)}
     allreduce_(tree, comm, buffer=buf)
     saved["buffer"] = buf
+    for fn in ("allreduce_", "bcast_"):          # views of one vector: reduced where they are
+        v, model = views(rank)
+        if fn == "allreduce_":
+            allreduce_(model, comm, "sum")
+        else:
+            bcast_(model, comm, root=1)
+        assert all(a.base is v for a in ft.trainables(model))
+        saved[f"views-{fn}"] = v
     tree = tied_tree(rank)
     bcast_(tree, comm, root=1)
     for key in ("w", "again", "f32", "z", "fortran", "view", "steps"):
@@ -243,6 +258,9 @@ def test_two_rank_allreduce_and_bcast(two_ranks):
         np.testing.assert_array_equal(saved["buffer"], np.full(3, 3.0))
         for key in ("w", "again", "f32", "z", "fortran", "view"):
             np.testing.assert_array_equal(saved[f"bcast/{key}"], trees[1][key])
+    for saved in ranks:
+        np.testing.assert_array_equal(saved["views-allreduce_"], views(0)[0] + views(1)[0])
+        np.testing.assert_array_equal(saved["views-bcast_"], views(1)[0])
     # integer arrays are not parameters: each rank keeps its own
     np.testing.assert_array_equal(ranks[0]["allreduce-sum/steps"], trees[0]["steps"])
     np.testing.assert_array_equal(ranks[1]["allreduce-sum/steps"], trees[1]["steps"])
@@ -349,6 +367,11 @@ def test_allreduce_and_bcast_on_one_rank_keep_the_values_and_the_objects():
     assert {k: id(v) for k, v in tree.items()} == ids
     for k, v in before.items():
         np.testing.assert_array_equal(tree[k], v)
+    v, model = views(0)
+    want, sentinel = v.copy(), np.full(v.size, -1.0)
+    assert allreduce_(model, MPI.COMM_SELF, "mean", buffer=sentinel) is model
+    np.testing.assert_array_equal(v, want)
+    assert (sentinel == -1).all()                  # reduced in v itself: nothing packed
     empty = {"n": np.arange(3), "s": "x"}
     assert allreduce_(empty, MPI.COMM_SELF) is empty
     half = {"h": np.array([1.5, 2.5], np.float16)}                # travels as float32

@@ -111,6 +111,23 @@ def _layout(tree: Any, what: str) -> Layout:
     return layout
 
 
+def _flat_base(layout: Layout, dtype: np.dtype) -> np.ndarray | None:
+    """The vector the parameters are views of, when they lie in it exactly as in the flat
+    vector (as ``re(v, copy=False)`` makes them): the collective then runs on it as it is,
+    with nothing to pack or write back.  None otherwise."""
+    base = layout.params[0].base
+    if not (isinstance(base, np.ndarray) and base.ndim == 1 and base.dtype == dtype
+            and base.shape[0] == layout.length and base.flags.c_contiguous
+            and base.flags.writeable):
+        return None
+    start, size = base.__array_interface__["data"][0], dtype.itemsize
+    for p, offset in zip(layout.params, layout.offsets):
+        if p.base is not base or p.dtype != dtype or not p.flags.c_contiguous \
+                or p.__array_interface__["data"][0] != start + int(offset) * size:
+            return None
+    return base
+
+
 def _pack(layout: Layout, buf: np.ndarray) -> None:
     _gather(layout.params, layout.offsets, buf,
             layout.native and buf.dtype in _KERNEL_DTYPES)
@@ -141,7 +158,9 @@ def allreduce_(tree: T, comm: Any, op: str = "sum", *, buffer: np.ndarray | None
     or ``"min"`` (real trees only).  The vector has the dtype ``destructure`` gives (the
     promotion of the arrays' dtypes; float16 travels as float32), so mixed float32/float64
     trees are summed in float64 and rounded back once.  ``buffer``: a vector of that dtype
-    and length to pack into, so repeated calls allocate nothing.
+    and length to pack into, so repeated calls allocate nothing.  When the arrays are views
+    of one such vector, laid out as ``destructure`` lays them (``re(v, copy=False)`` makes
+    them so), the collective runs on that vector itself: no packing, no writing back.
 
     Every rank must call it with a tree of the same structure.  Non-trainable state
     (BatchNorm's running statistics) is not part of the layout; reduce ``fluxtree.state``
@@ -166,12 +185,15 @@ def allreduce_(tree: T, comm: Any, op: str = "sum", *, buffer: np.ndarray | None
     if op in ("max", "min") and dtype.kind == "c":
         raise TypeError(f"allreduce_: op={op!r} needs real arrays; the tree holds {dtype} "
                         f"ones.")
-    buf = _buffer(buffer, layout.length, dtype, "allreduce_")
-    _pack(layout, buf)
+    flat = _flat_base(layout, dtype)
+    buf = flat if flat is not None else _buffer(buffer, layout.length, dtype, "allreduce_")
+    if flat is None:
+        _pack(layout, buf)
     comm.Allreduce(MPI.IN_PLACE, buf, op=getattr(MPI, _OPS[op]))
     if op == "mean":
         buf /= comm.Get_size()
-    _unpack(layout, buf)
+    if flat is None:
+        _unpack(layout, buf)
     return tree
 
 
@@ -180,7 +202,7 @@ def bcast_(tree: T, comm: Any, root: int = 0, *, buffer: np.ndarray | None = Non
 
     The same arrays and the same single vector as ``allreduce_``: ``root`` packs its
     tree, one ``Bcast`` sends it, and every other rank writes it into its own arrays
-    (cast to their dtypes); ``tree`` is returned.  Use it to start every rank from the
+    (cast to their dtypes; views of one vector receive in place); ``tree`` is returned.  Use it to start every rank from the
     same parameters.  ``buffer`` as in ``allreduce_``.
 
     >>> import numpy as np, fluxtree as ft
@@ -198,12 +220,14 @@ def bcast_(tree: T, comm: Any, root: int = 0, *, buffer: np.ndarray | None = Non
     layout = _layout(tree, "bcast_")
     if layout.length == 0:
         return tree
-    buf = _buffer(buffer, layout.length, _work_dtype(layout), "bcast_")
+    dtype = _work_dtype(layout)
+    flat = _flat_base(layout, dtype)
+    buf = flat if flat is not None else _buffer(buffer, layout.length, dtype, "bcast_")
     rank = comm.Get_rank()
-    if rank == root:
+    if rank == root and flat is None:
         _pack(layout, buf)
     comm.Bcast(buf, root=int(root))
-    if rank != root:
+    if rank != root and flat is None:
         _unpack(layout, buf)
     return tree
 
