@@ -5,7 +5,8 @@ import pytest
 
 import fluxtree as ft
 from fluxtree import _tracing
-from fluxtree.nn import BatchNorm, Chain, Dense, Dropout, testmode_, trainmode_
+from fluxtree.nn import BatchNorm, Chain, Dense, Dropout
+from fluxtree.nn import testmode_ as to_test_mode
 
 ACTIVATIONS = [None, ft.relu, ft.tanh, ft.sigmoid, ft.softplus, ft.gelu, ft.elu, ft.leakyrelu,
                ft.swish]
@@ -98,7 +99,7 @@ def test_dense_gradient_matches_finite_differences(act):
 def test_batchnorm_chain_gradient_matches_finite_differences(mode):
     m = mlp(ft.tanh, bn=True, seed=5)
     if mode == "test":
-        testmode_(m)
+        to_test_mode(m)
     flat, re = ft.destructure(m)
     rng = np.random.default_rng(6)
     x = rng.standard_normal((8, 3))

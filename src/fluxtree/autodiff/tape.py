@@ -15,6 +15,7 @@ loss (``split``), which drops every second-derivative term of the model.
 """
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import numpy as np
@@ -61,18 +62,18 @@ class Tape:
     def __init__(self) -> None:
         self.nodes: list[Node] = []
         self.inputs: list[Tracked] = []
-        self.k = 0
+        self.ref = weakref.ref(self)
 
     # -- recording -------------------------------------------------------------------
     def watch(self, value: np.ndarray) -> Tracked:
         """A traced input of the function (its value is used as it is, not copied)."""
-        t = Tracked(value, self)
+        t = Tracked(value, self.ref)
         self.inputs.append(t)
         return t
 
     def record(self, op: Any, inputs: tuple) -> Any:
         for x in inputs:
-            if isinstance(x, Tracked) and x.tape is not self:
+            if isinstance(x, Tracked) and x.tape is not self.ref:
                 raise TypeError("fluxtree.autodiff: a traced value from another derivative "
                                  "evaluation was used here; nested derivatives are not "
                                  "supported (use hvp or hessian for second order).")
@@ -80,10 +81,10 @@ class Tape:
         needs = tuple(isinstance(x, Tracked) for x in inputs)
         out, saved = op.forward(values)
         if getattr(op, "multi_output", False):
-            outputs: Any = [Tracked(o, self) for o in out]
+            outputs: Any = [Tracked(o, self.ref) for o in out]
             result: Any = outputs
         else:
-            outputs = result = Tracked(out, self)
+            outputs = result = Tracked(out, self.ref)
         self.nodes.append(Node(op, inputs, needs, outputs, saved))
         return result
 
@@ -199,7 +200,10 @@ def _op_name(op: Any) -> str:
 
 
 def _record(op: Any, inputs: tuple) -> Any:
-    tape = next(x.tape for x in inputs if isinstance(x, Tracked))
+    tape = next(x.tape for x in inputs if isinstance(x, Tracked))()
+    if tape is None:
+        raise TypeError("fluxtree.autodiff: this traced value belongs to a derivative "
+                        "evaluation that has finished; use its `.value`.")
     return tape.record(op, inputs)
 
 

@@ -17,14 +17,18 @@ from . import array_ops as ops
 
 
 class Tracked(_tracing.Traced):
-    """A traced array: ``.value`` is the plain NumPy value (read it to stop tracing)."""
+    """A traced array: ``.value`` is the plain NumPy value (read it to stop tracing).
+
+    ``tape`` is a ``weakref`` to the tape that records it, so that a finished evaluation
+    is freed by reference counting alone (no cycles for the garbage collector).
+    """
 
     __slots__ = ("adj", "tadj", "tan", "tape", "value")
     __array_priority__ = 1000
 
     def __init__(self, value: Any, tape: Any) -> None:
         self.value = value
-        self.tape = tape
+        self.tape = tape            # a weak reference: the tape holds its values, not back
         self.adj: Any = None
         self.tan: Any = None
         self.tadj: Any = None

@@ -1,18 +1,84 @@
 """BatchNorm: normalisation over axis 1 with running statistics, batch first."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 
-from .. import functors
+from .. import _tracing, functors
 from .._kernels import _batchnorm
 from . import show
 from ._common import _KERNEL_DTYPES, _as_input, _record
 from .activations import activation_code, activation_name, identity
-from .mode import is_training
+from .mode import is_training, updates_stats
 
 __all__ = ["BatchNorm"]
+
+
+def _vector(a: Any, k: int = 0) -> np.ndarray | None:
+    """``a`` as the kernels take a per-channel vector (``k`` > 0: a (k, C) block): C-ordered
+    float32 or float64 (other dtypes become float64), or None."""
+    if a is None:
+        return None
+    a = np.asarray(a)
+    if k:
+        a = a.reshape(k, -1)
+    if a.dtype in _KERNEL_DTYPES and a.flags.c_contiguous and a.flags.aligned:
+        return a
+    return np.ascontiguousarray(a, np.float64)
+
+
+def _blocks(tangents: tuple) -> int:
+    """The number k of tangents in a block (the leading axis of any tangent given)."""
+    for t in tangents:
+        if t is not None:
+            return int(np.shape(t)[0])
+    raise ValueError("BatchNorm: a tangent rule needs at least one tangent block.")
+
+
+class _Saved:
+    """What BatchNorm.forward keeps for its derivative rules.
+
+    ``x3`` is the input as the kernels read it, (batch, C, L) in float32 or float64, and
+    ``shape``/``dtype`` those of x after conversion to the layer's dtype; the mean and
+    1/sqrt(var + eps) used (batch or running statistics, float64); the parameters as kernel
+    vectors (``gamma``/``beta``) and their own dtypes (``pdtypes``, for their gradients);
+    ``batch``: the statistics are those of the batch (so depend on x); ``tstats``: the tx
+    block given to ``tangent`` and the per-channel means mean(tx), mean(xh tx) it computed,
+    which ``tangent_backward`` reuses for the same tx.
+    """
+
+    __slots__ = ("batch", "beta", "code", "dtype", "gamma", "invstd", "mean", "pdtypes",
+                 "shape", "tstats", "x3")
+
+    def __init__(self, x3: np.ndarray, shape: tuple, dtype: np.dtype, mean: np.ndarray,
+                 invstd: np.ndarray, gamma: Any, beta: Any, pdtypes: tuple, code: int,
+                 batch: bool) -> None:
+        self.x3, self.shape, self.dtype, self.mean, self.invstd = x3, shape, dtype, mean, invstd
+        self.gamma, self.beta, self.pdtypes = gamma, beta, pdtypes
+        self.code, self.batch = code, batch
+        self.tstats: tuple | None = None
+
+    @overload
+    def block(self, a: None, k: int) -> None: ...
+    @overload
+    def block(self, a: Any, k: int) -> np.ndarray: ...
+
+    def block(self, a: Any, k: int) -> np.ndarray | None:
+        """An array shaped like x (k > 0: a (k, *x.shape) block) as (k or 1, batch, C, L)."""
+        if a is None:
+            return None
+        return np.ascontiguousarray(a, self.x3.dtype).reshape((k or 1,) + self.x3.shape)
+
+    def as_x(self, a: np.ndarray, k: int = 0) -> np.ndarray:
+        """A kernel result shaped like x (k > 0: with a leading block axis) in its dtype."""
+        return a.reshape(((k,) if k else ()) + self.shape).astype(self.dtype, copy=False)
+
+    def as_param(self, a: np.ndarray | None, i: int, k: int = 0) -> np.ndarray | None:
+        """A (k or 1, C) float64 kernel result as parameter i's gradient (k > 0: a block)."""
+        if a is None:
+            return None
+        return (a if k else a[0]).astype(self.pdtypes[i], copy=False)
 
 
 @functors.functor("activation", "beta", "gamma", "running_mean", "running_var", "eps",
@@ -23,9 +89,11 @@ class BatchNorm:
 
     Training (``active=True``, or ``active=None`` inside ``training()``/``gradient``) uses
     the batch mean and biased variance and updates the running statistics in place
-    (``running_var`` with the ``m/(m-1)`` correction, as Flux); test mode uses the running
+    (``running_var`` with the ``m/(m-1)`` correction, as Flux), except inside
+    ``frozen_stats()`` (``hvp``, ``hessian``, scipy's probes); test mode uses the running
     statistics. Only ``beta`` and ``gamma`` are trainable. Parameters are float32; ``f16``
-    keeps them so.
+    keeps them so. The layer is an op of ``fluxtree.autodiff`` with all four rules, so
+    gradients and exact Hessian products pass through it in either mode.
 
     >>> import numpy as np
     >>> from fluxtree.nn import trainmode_
@@ -78,55 +146,105 @@ class BatchNorm:
                 return a.dtype
         return x.dtype if x.dtype in _KERNEL_DTYPES else np.dtype(np.float32)
 
-    def __call__(self, x: Any) -> np.ndarray:
+    def __call__(self, x: Any) -> Any:
         train = is_training(self.active)
         code = activation_code(self.activation)
-        out = _batchnorm.batchnorm_apply(x, self.gamma, self.beta, self.running_mean,
-                                         self.running_var, self.eps, self.momentum, train,
-                                         0 if code is None else code)
-        if out is not None:                     # the hot path: checks made in C
-            return out if code is not None else self.activation(out)
+        rm, rv = self.running_mean, self.running_var
+        if train and not updates_stats():       # batch statistics, running ones left alone
+            rm = rv = None
+        out = _batchnorm.batchnorm_apply(x, self.gamma, self.beta, rm, rv, self.eps,
+                                         self.momentum, train, 0 if code is None else code)
+        if out is None:                         # None: not the hot path (checks made in C)
+            if _tracing.any_traced(x, self.gamma, self.beta):
+                out = _tracing.record(self, (x, self.gamma, self.beta))
+            else:
+                out = self.forward((x, self.gamma, self.beta))[0]
+        return out if code is not None else self.activation(out)
+
+    # The op rules (see fluxtree._tracing); inputs are (x, gamma, beta), gamma and beta None
+    # without affine.  The kernels of _batchnorm take float32/float64 data: other dtypes
+    # (a float16 layer) compute in float32 and return the layer's dtype.  An activation
+    # without a kernel code is not part of the op: __call__ applies it to the output.
+    def forward(self, inputs: tuple) -> tuple[np.ndarray, _Saved]:
+        x, gamma, beta = inputs
         x = np.asarray(x)
-        x = _as_input(x, self._dtype(x), self)
-        if x.ndim < 2 or x.shape[1] != self.channels:
-            raise ValueError(f"{self!r} expects an input of shape (batch, {self.channels}, ...)"
-                             f", got shape {x.shape}.")
+        dtype = self._dtype(x)
+        x = _as_input(x, dtype, self)
+        c = self.channels
+        if x.ndim < 2 or x.shape[1] != c:
+            raise ValueError(f"{self!r} expects an input of shape (batch, {c}, ...), got "
+                             f"shape {x.shape}.")
         train = is_training(self.active)
-        m = x.size // self.channels
+        m = x.size // c
         if train and m <= 1:
             self._too_small(x)
-        x3 = np.ascontiguousarray(x.reshape(x.shape[0], self.channels, -1))
-        code = activation_code(self.activation)
-        if x3.dtype in _KERNEL_DTYPES and all(
-                a is None or (a.dtype == x3.dtype and a.flags.c_contiguous)
-                for a in (self.gamma, self.beta, self.running_mean, self.running_var)):
-            out = np.empty_like(x3)
-            _batchnorm.batchnorm_forward(
-                x3, self.gamma, self.beta, self.running_mean, self.running_var, self.eps,
-                self.momentum, train, 0 if code is None else code, out)
-            if code is None:
-                out = self.activation(out)
-        else:                          # float16 or mixed dtypes: NumPy
-            out = self._numpy_forward(x3, train, m)
-            if code != 0:
-                out = self.activation(out)
-        return out.reshape(x.shape)
-
-    def _numpy_forward(self, x3: np.ndarray, train: bool, m: int) -> np.ndarray:
-        """The same computation in NumPy, for dtypes the kernel does not take (float16)."""
-        if train or not self.track_stats:
-            mean = x3.mean(axis=(0, 2), dtype=np.float64)
-            var = x3.var(axis=(0, 2), dtype=np.float64)
-            if train and self.track_stats:
-                mom = self.momentum
-                self.running_mean[...] = (1 - mom) * self.running_mean + mom * mean
-                self.running_var[...] = (1 - mom) * self.running_var + mom * var * m / (m - 1)
+        work = dtype if dtype in _KERNEL_DTYPES else np.dtype(np.float32)
+        x3 = np.ascontiguousarray(x.reshape(x.shape[0], c, -1), work)
+        code = activation_code(self.activation) or 0
+        g, b = _vector(gamma), _vector(beta)
+        mean, invstd = np.empty(c), np.empty(c)
+        y = np.empty_like(x3)
+        rm, rv = self.running_mean, self.running_var
+        batch = train or rm is None
+        if not batch:
+            _batchnorm.batchnorm_forward(x3, g, b, _vector(rm), _vector(rv), self.eps,
+                                         self.momentum, False, code, y, mean, invstd)
         else:
-            mean, var = self.running_mean.astype(np.float64), self.running_var.astype(np.float64)
-        y = (x3 - mean[:, None]) / np.sqrt(var[:, None] + self.eps)
-        if self.affine:
-            y = y * self.gamma[:, None] + self.beta[:, None]
-        return y.astype(x3.dtype)
+            update = train and rm is not None and updates_stats()
+            in_place = update and _vector(rm) is rm and _vector(rv) is rv
+            _batchnorm.batchnorm_forward(x3, g, b, rm if in_place else None,
+                                         rv if in_place else None, self.eps, self.momentum,
+                                         True, code, y, mean, invstd)
+            if update and not in_place:         # running statistics the kernel cannot write
+                mom = self.momentum
+                var = 1.0 / invstd**2 - self.eps
+                rm[...] = (1 - mom) * rm + mom * mean
+                rv[...] = (1 - mom) * rv + mom * (m / (m - 1)) * var
+        pdtypes = tuple(None if a is None else np.asarray(a).dtype for a in (gamma, beta))
+        saved = _Saved(x3, x.shape, dtype, mean, invstd, g, b, pdtypes, code, batch)
+        return y.reshape(x.shape).astype(dtype, copy=False), saved
+
+    def backward(self, saved: _Saved, d_out: Any, needs: tuple) -> tuple:
+        s = saved
+        c = self.channels
+        dx = np.empty((1,) + s.x3.shape, s.x3.dtype) if needs[0] else None
+        dg = np.empty((1, c)) if needs[1] and s.gamma is not None else None
+        db = np.empty((1, c)) if needs[2] and s.beta is not None else None
+        if dx is None and dg is None and db is None:
+            return (None, None, None)
+        _batchnorm.batchnorm_backward(s.x3, s.block(d_out, 0), s.mean, s.invstd, s.gamma,
+                                      s.beta, s.code, s.batch, dx, dg, db)
+        return (None if dx is None else s.as_x(dx[0]), s.as_param(dg, 0), s.as_param(db, 1))
+
+    def tangent(self, saved: _Saved, t_inputs: tuple) -> np.ndarray:
+        s = saved
+        tx, tg, tb = t_inputs
+        k = _blocks(t_inputs)
+        tstats = np.empty((2, k, self.channels)) if s.batch and tx is not None else None
+        ty = np.empty((k,) + s.x3.shape, s.x3.dtype)
+        _batchnorm.batchnorm_tangent(s.x3, s.mean, s.invstd, s.gamma, s.beta, s.code, s.batch,
+                                     s.block(tx, k), _vector(tg, k), _vector(tb, k), ty, tstats)
+        s.tstats = None if tstats is None else (tx, tstats)
+        return s.as_x(ty, k)
+
+    def tangent_backward(self, saved: _Saved, t_inputs: tuple, d_out: Any, t_d_out: Any,
+                         needs: tuple) -> tuple:
+        s = saved
+        c = self.channels
+        tx, tg, tb = t_inputs
+        k = _blocks(t_inputs + (t_d_out,))
+        rdx = np.empty((k,) + s.x3.shape, s.x3.dtype) if needs[0] else None
+        rdg = np.empty((k, c)) if needs[1] and s.gamma is not None else None
+        rdb = np.empty((k, c)) if needs[2] and s.beta is not None else None
+        if rdx is None and rdg is None and rdb is None:
+            return (None, None, None)
+        tstats = s.tstats[1] if s.tstats is not None and s.tstats[0] is tx else None
+        _batchnorm.batchnorm_tangent_backward(
+            s.x3, s.block(d_out, 0), s.mean, s.invstd, s.gamma, s.beta, s.code, s.batch,
+            s.block(tx, k), _vector(tg, k), _vector(tb, k), s.block(t_d_out, k), rdx, rdg,
+            rdb, tstats)
+        return (None if rdx is None else s.as_x(rdx, k), s.as_param(rdg, 0, k),
+                s.as_param(rdb, 1, k))
 
     def __repr__(self) -> str:
         parts = [str(self.channels)]
