@@ -3,7 +3,8 @@
 In-process tests use MPI.COMM_SELF (one rank).  The 2-rank tests run this file as a script
 under `mpiexec -n 2` (the `_case_*` functions below, one launch per case) and compare what
 each rank saved with the 1-process results computed here.  Everything skips, with the
-reason, when mpi4py or mpiexec is missing.
+reason, when mpi4py or mpiexec is missing, unless FLUXTREE_REQUIRE_MPI=1 (CI) makes that a
+failure.
 """
 import doctest
 import functools
@@ -32,12 +33,22 @@ try:
 except ImportError:                                   # the [mpi] extra is not installed
     MPI = None
 
-MPIEXEC = shutil.which("mpiexec")
+#: the mpiexec of this Python's environment (the mpich wheel puts it there), else PATH's
+_BESIDE = os.path.join(os.path.dirname(sys.executable), "mpiexec")
+MPIEXEC = _BESIDE if os.access(_BESIDE, os.X_OK) else shutil.which("mpiexec")
+REQUIRED = os.environ.get("FLUXTREE_REQUIRE_MPI") == "1"
 needs_mpi4py = pytest.mark.skipif(
     MPI is None, reason="mpi4py is not installed (python -m pip install 'fluxtree[mpi]')")
 needs_mpiexec = pytest.mark.skipif(
     MPI is None or MPIEXEC is None,
     reason="needs mpi4py and an mpiexec on PATH (python -m pip install 'fluxtree[mpi]')")
+
+def test_mpi_is_here_when_required():
+    if not REQUIRED:
+        pytest.skip("FLUXTREE_REQUIRE_MPI is not 1")
+    assert MPI is not None, "FLUXTREE_REQUIRE_MPI=1 but mpi4py does not import"
+    assert MPIEXEC is not None, "FLUXTREE_REQUIRE_MPI=1 but there is no mpiexec"
+
 
 RANKS = 2
 TIMEOUT = 120                       # seconds for one mpiexec launch (a hang fails the test)

@@ -60,7 +60,8 @@ def _launch(what: str, ranks: int) -> dict:
         import mpi4py  # noqa: F401
     except ImportError as e:
         raise NotImplementedError(f"mpi4py is not installed: {e}") from None
-    mpiexec = shutil.which("mpiexec")
+    beside = os.path.join(os.path.dirname(sys.executable), "mpiexec")   # the mpich wheel's
+    mpiexec = beside if os.access(beside, os.X_OK) else shutil.which("mpiexec")
     if mpiexec is None:
         raise NotImplementedError("no mpiexec on PATH")
     env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1",
