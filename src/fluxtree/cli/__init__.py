@@ -8,6 +8,10 @@ options or a checkpoint), ``fluxtree inspect`` lists a checkpoint's arrays, and
 ``fluxtree bench`` runs the same fit with fluxtree, PyTorch and JAX derivatives side by
 side.  See ``docs/cli.md``.
 
+``mpiexec -n 4 fluxtree fit --mpi`` shards the training set over the MPI ranks (one
+collective per evaluation, every rank in lock-step; see ``docs/distributed.md``); rank 0
+prints and writes the outputs.  A rank that fails ends the whole job (``MPI_Abort``).
+
 Exit codes: 0 on success, 1 when the command fails (a missing or damaged file, an
 optimisation that fails), 2 for bad arguments, 130 when interrupted.
 
@@ -21,6 +25,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -153,6 +158,10 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--format", choices=["npz", "safetensors"], default="npz",
                      help="checkpoint format (default: npz)")
     fit.add_argument("--no-progress", action="store_true", help="no progress line")
+    fit.add_argument("--mpi", action="store_true",
+                     help="run under mpiexec: shard the training set over the MPI ranks "
+                          "(needs mpi4py: pip install 'fluxtree[mpi]'); rank 0 prints and "
+                          "writes the outputs")
 
     summary = sub.add_parser(
         "summary", help="print a model (from the options or a checkpoint)",
@@ -196,10 +205,25 @@ def load_fitted(path: str) -> tuple[Any, dict]:
     return model_from_checkpoint(path)
 
 
+def _end_job(args: Any, error: BaseException) -> None:
+    """Under ``--mpi``, abort every rank after this one failed: the others would wait in
+    their next collective for ever.  A ``RankError`` means the ranks already stop together."""
+    from ..distributed import RankError
+    MPI = sys.modules.get("mpi4py.MPI")
+    if not getattr(args, "mpi", False) or MPI is None or isinstance(error, RankError):
+        return
+    comm: Any = MPI.COMM_WORLD
+    if comm.Get_size() > 1:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        comm.Abort(1)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line ``argv`` (default: ``sys.argv[1:]``); returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    from ..distributed import RankError
     from . import _commands
     commands: dict[str, Callable[[Any], None]] = {
         "fit": _commands.fit, "summary": _commands.summary,
@@ -213,9 +237,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:                  # `fluxtree inspect ... | head`
         sys.stdout = open(os.devnull, "w")   # noqa: SIM115 - stays open until exit
         return 141
-    except (CommandError, OSError, ValueError) as e:
+    except (CommandError, OSError, ValueError, RankError) as e:
         message = str(e) if not isinstance(e, OSError) or not e.filename else (
             f"{e.strerror}: {e.filename!r}")
         print(f"fluxtree {args.command}: error: {message}", file=sys.stderr)
+        _end_job(args, e)
+        return 1
+    except Exception as e:
+        if not getattr(args, "mpi", False):
+            raise
+        traceback.print_exc()
+        _end_job(args, e)
         return 1
     return 0

@@ -1,6 +1,8 @@
 """What each ``fluxtree`` sub-command does (the parser is in ``fluxtree.cli``)."""
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import statistics
 import sys
@@ -9,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import losses, nn, optimize
+from .. import distributed, losses, nn, optimize
 from ..flat import destructure
 from ..functors import fmap_with_path
 from ..io import load, loadmodel_, save
@@ -67,9 +69,32 @@ def _options(method: str, args: Any) -> dict[str, Any]:
 # ----------------------------------------------------------------------------
 # fit
 # ----------------------------------------------------------------------------
+def _communicator(args: Any) -> Any:
+    """MPI's world communicator for ``--mpi`` (None without it)."""
+    if not getattr(args, "mpi", False):
+        return None
+    if args.batchnorm:
+        raise CommandError("--batchnorm cannot be combined with --mpi: in training mode "
+                           "BatchNorm would normalise each rank's shard with that shard's "
+                           "own statistics.")
+    try:
+        return distributed.world()
+    except ImportError as e:
+        raise CommandError(f"--mpi: {e}") from None
+
+
 def fit(args: Any) -> None:
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         raise CommandError(f"--out {args.out!r} is a file; expected a folder.")
+    comm = _communicator(args)
+    if comm is not None and comm.Get_rank() != 0:
+        with contextlib.redirect_stdout(io.StringIO()):      # rank 0 reports for all
+            _fit(args, comm)
+    else:
+        _fit(args, comm)
+
+
+def _fit(args: Any, comm: Any) -> None:
     data = _load_data(args)
     spec = _spec(args, data)
     dtype = np.dtype(args.dtype)
@@ -77,33 +102,42 @@ def fit(args: Any) -> None:
     n_params = destructure(model)[0].size
     what = ("exact Hessian-vector products" if args.curvature == "hessian"
             else "Gauss-Newton products")
-    print(f"fluxtree fit: {data.name}, {data.X_train.shape[0]} training / "
+    n_train = data.X_train.shape[0]
+    print(f"fluxtree fit: {data.name}, {n_train} training / "
           f"{data.X_test.shape[0]} test observations, {data.features} features, "
           f"{data.classes} classes")
+    train = (data.X_train, data.Y_train)
+    if comm is not None:
+        size = comm.Get_size()
+        lo, hi = n_train // size, -(-n_train // size)
+        print(f"MPI: {size} rank{'s' if size > 1 else ''}, "
+              f"{lo if lo == hi else f'{lo}-{hi}'} training observations each")
+        train = distributed.shard(train, comm)
     print(f"{args.method} ({what}), {dtype}, {n_params} parameters\n")
     print(str(model))
     print()
     t0 = time.perf_counter()
     result, fitted = optimize.minimize(
-        model, losses.logitcrossentropy, (data.X_train, data.Y_train), args.method,
+        model, losses.logitcrossentropy, train, args.method,
         options=_options(args.method, args), callback=_Stop(args.target_loss),
         progress=not args.no_progress, dtype=dtype, curvature=args.curvature,
-        threads=args.threads)
+        threads=args.threads, comm=comm)
     elapsed = time.perf_counter() - t0
     c = result.counts
     train_acc = _accuracy(fitted, data.X_train, data.Y_train)
     test_acc = _accuracy(fitted, data.X_test, data.Y_test)
-    os.makedirs(args.out, exist_ok=True)
     ckpt = os.path.join(args.out, f"model.{args.format}")
-    save(ckpt, {"format": CHECKPOINT_FORMAT, "spec": spec, "dataset": data.name,
-                "preprocess": {"mean": data.mean, "scale": data.scale},
-                "fit": {"method": args.method, "curvature": args.curvature,
-                        "loss": result.fun, "iterations": len(result.history) - 1},
-                "model": fitted})
     png = os.path.join(args.out, "loss.png")
-    _png.write_png(png, _png.line_plot(
-        result.history, title=f"{data.name}  {_arch(spec)}  {args.method}",
-        ylabel="training loss"))
+    if comm is None or comm.Get_rank() == 0:
+        os.makedirs(args.out, exist_ok=True)
+        save(ckpt, {"format": CHECKPOINT_FORMAT, "spec": spec, "dataset": data.name,
+                    "preprocess": {"mean": data.mean, "scale": data.scale},
+                    "fit": {"method": args.method, "curvature": args.curvature,
+                            "loss": result.fun, "iterations": len(result.history) - 1},
+                    "model": fitted})
+        _png.write_png(png, _png.line_plot(
+            result.history, title=f"{data.name}  {_arch(spec)}  {args.method}",
+            ylabel="training loss"))
     print(f"result:       {result.message}")
     print(f"iterations:   {len(result.history) - 1}")
     print(f"loss:         {result.fun:.6g} (mean cross-entropy, training set)")

@@ -140,7 +140,8 @@ def minimize(model: M, loss: Callable[[Any, Any], Any], data: Any,
              callback: Callable[[scipy.optimize.OptimizeResult], Any] | None = None,
              progress: bool | TextIO = True, bounds: Any = None, tol: float | None = None,
              dtype: Any = np.float64, curvature: str = "hessian",
-             threads: int | None = 1) -> tuple[scipy.optimize.OptimizeResult, M]:
+             threads: int | None = 1, comm: Any = None,
+             agg: str | None = None) -> tuple[scipy.optimize.OptimizeResult, M]:
     """Fit ``model`` to ``data`` with ``scipy.optimize.minimize``; returns (result, model).
 
     The objective is ``Objective(model, loss, data, dtype=, curvature=)``: the loss summed
@@ -160,6 +161,12 @@ def minimize(model: M, loss: Callable[[Any, Any], Any], data: Any,
     NumPy's BLAS pool runs one thread meanwhile and SciPy's, which the kernels use, runs
     ``threads`` (default 1; None leaves it as it is; see ``fluxtree.optimize._threads``).
 
+    ``comm`` (an mpi4py communicator; ``agg`` with it) shards the fit over MPI ranks:
+    each rank passes its share of the data, ``Objective(..., comm=comm)`` sums the ranks'
+    parts, and every rank runs the same scipy method in lock-step and returns the same
+    result.  Only rank 0 draws the progress line; ``callback`` runs on every rank and
+    must decide the same way on each (see ``docs/distributed.md``).
+
     The result is scipy's, with ``history`` (the loss at the start and at each accepted
     iterate) and ``counts`` (``Objective.counts``) added; the model is a new one with the
     parameters of ``result.x`` in ``dtype``.
@@ -173,7 +180,8 @@ def minimize(model: M, loss: Callable[[Any, Any], Any], data: Any,
     """
     name = _method(method)
     uses = METHODS[name]
-    obj = Objective(model, loss, data, dtype=dtype, curvature=curvature)
+    obj = Objective(model, loss, data, dtype=dtype, curvature=curvature, comm=comm,
+                    agg=agg)
     kwargs: dict[str, Any] = {}
     if "jac" in uses:
         kwargs["jac"] = obj.jac
@@ -188,6 +196,8 @@ def minimize(model: M, loss: Callable[[Any, Any], Any], data: Any,
         kwargs["bounds"] = _bounds(bounds, obj)
     options = dict(options or {})
     stream = _stream(progress)
+    if comm is not None and comm.Get_rank() != 0:
+        stream = None                            # rank 0 reports for all
     total = options.get("maxiter")
     bar = ProgressBar(stream, total if isinstance(total, int) else None, name) if stream else None
     history = [obj._value(obj._point(obj.x0))]
