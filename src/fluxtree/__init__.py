@@ -6,6 +6,7 @@
 """
 from . import autodiff as autodiff
 from . import device as device
+from . import distributed as distributed
 from . import losses as losses
 from . import nn as nn
 from . import optimize as optimize
@@ -22,6 +23,8 @@ from .data import DataLoader as DataLoader
 from .device import NoGPUWarning as NoGPUWarning
 from .device import cpu as cpu
 from .device import gpu as gpu
+from .distributed import allreduce_ as allreduce_
+from .distributed import bcast_ as bcast_
 from .flat import AliasWarning as AliasWarning
 from .flat import Restructure as Restructure
 from .flat import destructure as destructure
