@@ -125,10 +125,15 @@ def _first_paths(model: Any, n: int) -> list[KeyPath]:
 _KERNEL_DTYPES = frozenset(np.dtype(t) for t in ("f2", "f4", "f8", "c8", "c16"))
 
 
-def _gather(leaves: list, offsets: np.ndarray, out: np.ndarray, native: bool) -> None:
-    """out[offsets[j]:...] = ravel(leaves[j]), cast (complex into real keeps the real part)."""
+def _gather(leaves: list, offsets: np.ndarray, out: np.ndarray, native: bool,
+            nthreads: int = 0) -> None:
+    """out[offsets[j]:...] = ravel(leaves[j]), cast (complex into real keeps the real part).
+
+    ``nthreads=1`` keeps a large copy on the calling thread (the derivative sweeps: an
+    OpenMP team started right after OpenBLAS's threaded gemms competes with its spinning
+    workers, which made a 2 MB pack 30x slower on 2 cores)."""
     if native:
-        _flat.gather(leaves, offsets, out)
+        _flat.gather(leaves, offsets, out, nthreads=nthreads)
         return
     for leaf, start in zip(leaves, offsets):
         src = leaf.ravel()
@@ -571,7 +576,7 @@ class Restructure(Generic[M]):
 
     @staticmethod
     def _pack(values: list, offsets: np.ndarray, out: np.ndarray, holes: bool,
-              native: bool) -> None:
+              native: bool, nthreads: int = 0) -> None:
         if holes:
             keep = []
             for j, v in enumerate(values):
@@ -581,7 +586,7 @@ class Restructure(Generic[M]):
                     keep.append(j)
             values = [values[j] for j in keep]
             offsets = np.ascontiguousarray(offsets[keep])
-        _gather(values, offsets, out, native)
+        _gather(values, offsets, out, native, nthreads)
 
     def _out(self, dtypes: list[np.dtype], out: np.ndarray | None) -> np.ndarray:
         lay = self.layout
@@ -623,7 +628,8 @@ class _RestructureOp:
         out = np.empty(self.layout.length, dtype)
         native = self.layout.native and dtype in _KERNEL_DTYPES
         Restructure._pack(d_outs, self.layout.offsets, out, any(d is None for d in d_outs),
-                          native and all(d is None or d.dtype in _KERNEL_DTYPES for d in d_outs))
+                          native and all(d is None or d.dtype in _KERNEL_DTYPES for d in d_outs),
+                          nthreads=1)
         return (out,)
 
     def tangent(self, dtype: np.dtype, t_inputs: tuple) -> list:
