@@ -280,3 +280,37 @@ class FooTrainYX(_Record):
 
     def trainable(self):
         return {"y": self.y, "x": self.x}
+
+
+# ----------------------------------------------------------------------------- activations
+#: the constants of the tanh-form gelu (include/fluxtree/act.h)
+GELU_K, GELU_C = np.sqrt(2.0 / np.pi), 0.044715
+
+
+def sigmoid_ref(z: Any) -> np.ndarray:
+    """The logistic function without overflow."""
+    e = np.exp(-np.abs(z))
+    return np.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+
+
+def act_ref(code: int, z: Any) -> np.ndarray:
+    """Activation ``code`` of act.h in float64 (gelu as z * sigmoid(2u), equal to
+    0.5 z (1 + tanh(u)))."""
+    z = np.asarray(z, np.float64)
+    if code == 1:
+        return np.maximum(z, 0.0)
+    if code == 2:
+        return np.tanh(z)
+    if code == 3:
+        return sigmoid_ref(z)
+    if code == 4:
+        return np.logaddexp(0.0, z)
+    if code == 5:
+        return z * sigmoid_ref(2.0 * GELU_K * (z + GELU_C * z**3))
+    if code == 6:
+        return np.where(z > 0, z, np.expm1(np.minimum(z, 0.0)))
+    if code == 7:
+        return np.where(z > 0, z, 0.01 * z)
+    if code == 8:
+        return z * sigmoid_ref(z)
+    return z.copy()

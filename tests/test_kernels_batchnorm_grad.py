@@ -27,38 +27,17 @@ from fluxtree._kernels._batchnorm import (
     batchnorm_tangent,
     batchnorm_tangent_backward,
 )
+from tests.helpers import GELU_C, GELU_K, act_ref, sigmoid_ref
 
 DTYPES = [np.float32, np.float64]
 RTOL = {np.float32: 2e-5, np.float64: 1e-12}
 ACTS = list(range(9))
 NAMES = ["identity", "relu", "tanh", "sigmoid", "softplus", "gelu", "elu", "leakyrelu", "swish"]
 SHAPES = [(7, 3, 1), (5, 2, 6), (6, 1, 4), (40, 1, 1), (3, 300, 1), (2, 3, 600)]
-GELU_K, GELU_C = np.sqrt(2.0 / np.pi), 0.044715
 
 
-def _sigmoid(z):
-    e = np.exp(-np.abs(z))
-    return np.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
 
 
-def act_ref(code, z):
-    if code == 1:
-        return np.maximum(z, 0.0)
-    if code == 2:
-        return np.tanh(z)
-    if code == 3:
-        return _sigmoid(z)
-    if code == 4:
-        return np.logaddexp(0.0, z)
-    if code == 5:
-        return z * _sigmoid(2.0 * GELU_K * (z + GELU_C * z**3))
-    if code == 6:
-        return np.where(z > 0, z, np.expm1(np.minimum(z, 0.0)))
-    if code == 7:
-        return np.where(z > 0, z, 0.01 * z)
-    if code == 8:
-        return z * _sigmoid(z)
-    return z
 
 
 def dact_ref(code, z):
@@ -70,11 +49,11 @@ def dact_ref(code, z):
         t = np.tanh(z)
         return 1 - t * t, -2 * t * (1 - t * t)
     if code in (3, 4):
-        s = _sigmoid(z)
+        s = sigmoid_ref(z)
         return (s * (1 - s), s * (1 - s) * (1 - 2 * s)) if code == 3 else (s, s * (1 - s))
     if code == 5:
         w = 2 * GELU_K * (1 + 3 * GELU_C * z * z)
-        s = _sigmoid(2 * GELU_K * (z + GELU_C * z**3))
+        s = sigmoid_ref(2 * GELU_K * (z + GELU_C * z**3))
         d1 = s + z * s * (1 - s) * w
         d2 = s * (1 - s) * (2 * w + z * (1 - 2 * s) * w * w + 12 * GELU_K * GELU_C * z * z)
         return d1, d2
@@ -84,7 +63,7 @@ def dact_ref(code, z):
     if code == 7:
         return np.where(z > 0, 1.0, 0.01), zero
     if code == 8:
-        s = _sigmoid(z)
+        s = sigmoid_ref(z)
         return s + z * s * (1 - s), s * (1 - s) * (2 + z * (1 - 2 * s))
     return one, zero
 

@@ -21,40 +21,17 @@ from fluxtree._kernels._dense import (
     dense_tangent,
     dense_tangent_backward,
 )
+from tests.helpers import GELU_C, GELU_K, act_ref, sigmoid_ref
 
 DTYPES = [np.float32, np.float64]
 RTOL = {np.float32: 1e-5, np.float64: 1e-12}
 ACTS = list(range(9))
 NAMES = ["identity", "relu", "tanh", "sigmoid", "softplus", "gelu", "elu", "leakyrelu", "swish"]
-GELU_K = np.sqrt(2.0 / np.pi)
-GELU_C = 0.044715
 SHAPES = [(1, 1, 1), (1, 5, 3), (4, 1, 3), (3, 4, 1), (7, 5, 9), (2, 3, 300)]
 
 
-def _sigmoid(z):
-    e = np.exp(-np.abs(z))
-    return np.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
 
 
-def act_ref(code, z):
-    z = np.asarray(z, np.float64)
-    if code == 1:
-        return np.maximum(z, 0.0)
-    if code == 2:
-        return np.tanh(z)
-    if code == 3:
-        return _sigmoid(z)
-    if code == 4:
-        return np.logaddexp(0.0, z)
-    if code == 5:
-        return z * _sigmoid(2.0 * GELU_K * (z + GELU_C * z**3))
-    if code == 6:
-        return np.where(z > 0, z, np.expm1(np.minimum(z, 0.0)))
-    if code == 7:
-        return np.where(z > 0, z, 0.01 * z)
-    if code == 8:
-        return z * _sigmoid(z)
-    return z.copy()
 
 
 def deriv_z(code, z, order):
@@ -66,13 +43,13 @@ def deriv_z(code, z, order):
         t = np.tanh(z)
         return 1 - t * t if order == 1 else -2 * t * (1 - t * t)
     if code in (3, 4):
-        s = _sigmoid(z)
+        s = sigmoid_ref(z)
         if code == 4:
-            return s if order == 1 else s * _sigmoid(-z)
-        return s * _sigmoid(-z) if order == 1 else s * _sigmoid(-z) * (1 - 2 * s)
+            return s if order == 1 else s * sigmoid_ref(-z)
+        return s * sigmoid_ref(-z) if order == 1 else s * sigmoid_ref(-z) * (1 - 2 * s)
     if code == 5:
         t = 2 * GELU_K * (z + GELU_C * z**3)
-        s, q = _sigmoid(t), _sigmoid(-t)
+        s, q = sigmoid_ref(t), sigmoid_ref(-t)
         w = 2 * GELU_K * (1 + 3 * GELU_C * z * z)
         if order == 1:
             return s + z * s * q * w
@@ -81,7 +58,7 @@ def deriv_z(code, z, order):
         e = np.exp(np.minimum(z, 0.0))
         return np.where(z > 0, 1.0 if order == 1 else 0.0, e)
     if code == 8:
-        s, q = _sigmoid(z), _sigmoid(-z)
+        s, q = sigmoid_ref(z), sigmoid_ref(-z)
         return s * (1 + z * q) if order == 1 else s * q * (2 + z * (q - s))
     return np.full_like(z, 1.0 if order == 1 else 0.0)
 

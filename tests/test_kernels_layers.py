@@ -14,39 +14,16 @@ from hypothesis import strategies as st
 from fluxtree._kernels import _batchnorm, _dense
 from fluxtree._kernels._batchnorm import batchnorm_forward
 from fluxtree._kernels._dense import act_scalar, dense_forward
+from tests.helpers import GELU_K, act_ref
 
 DTYPES = [np.float32, np.float64]
 RTOL = {np.float32: 1e-5, np.float64: 1e-12}
 ACTS = list(range(9))
 NAMES = ["identity", "relu", "tanh", "sigmoid", "softplus", "gelu", "elu", "leakyrelu", "swish"]
-GELU_K = np.sqrt(2.0 / np.pi)
 
 
-def _sigmoid(z):
-    e = np.exp(-np.abs(z))
-    return np.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
 
 
-def act_ref(code, z):
-    """Activation in float64 (gelu as z * sigmoid(2u), equal to 0.5 z (1 + tanh(u)))."""
-    z = np.asarray(z, dtype=np.float64)
-    if code == 1:
-        return np.maximum(z, 0.0)
-    if code == 2:
-        return np.tanh(z)
-    if code == 3:
-        return _sigmoid(z)
-    if code == 4:
-        return np.logaddexp(0.0, z)
-    if code == 5:
-        return z * _sigmoid(2.0 * GELU_K * (z + 0.044715 * z**3))
-    if code == 6:
-        return np.where(z > 0, z, np.expm1(np.minimum(z, 0.0)))
-    if code == 7:
-        return np.where(z > 0, z, 0.01 * z)
-    if code == 8:
-        return z * _sigmoid(z)
-    return z.copy()
 
 
 def _close(actual, desired, rtol, atol=0.0):

@@ -4,7 +4,7 @@ Threads are pinned to 1 before NumPy is imported (the env vars) and again throug
 threadpoolctl, so BLAS/OpenMP pools cannot add noise or change the ratios between
 runs.  ``FLUXTREE_BENCH_THREADS=N`` overrides the pin (``0`` leaves the pools alone).
 XLA's CPU thread pool (jax) ignores both, so jax is imported and its backend started here,
-once, with the process confined to ``N`` CPUs (see ``_import_jax_pinned``).
+once, with the process confined to ``N`` CPUs (``fluxtree.cli._anchors.import_jax_pinned``).
 
 The optional anchors (torch, jax, optree, threadpoolctl) are imported here once; each is
 ``None`` when missing, and ``need_torch`` / ``need_jax`` / ``need_optree`` (used as a
@@ -95,37 +95,11 @@ except Exception:  # pragma: no cover - torch is an optional anchor
     parameters_to_vector = vector_to_parameters = None
 
 
-def _import_jax_pinned(n: int):
-    """Import jax and start its CPU backend with XLA's thread pool sized to ``n`` CPUs.
-
-    XLA's CPU runtime ignores ``OMP_NUM_THREADS`` and, in jax 0.10, ``XLA_FLAGS``'
-    ``intra_op_parallelism_threads`` (a 1024 x 1024 jitted matmul ran on 2 cores with it
-    set); it sizes its pool from the CPU affinity when the backend starts.  So the process
-    is confined to ``n`` CPUs while jax is imported and runs one computation, then the
-    affinity is restored: only XLA's pool keeps the limit.  NumPy, SciPy, fluxtree and
-    torch are already loaded, so their pools are sized outside the window.  ``n <= 0``, or
-    a platform without ``sched_setaffinity``, imports jax unpinned.
-    """
-    cpus = (os.sched_getaffinity(0)
-            if n > 0 and hasattr(os, "sched_setaffinity") else None)
-    if cpus is not None and len(cpus) > n:
-        os.sched_setaffinity(0, set(sorted(cpus)[:n]))
-    else:
-        cpus = None
-    try:
-        import jax
-        import jax.flatten_util
-        import jax.numpy as jnp
-        import jax.tree_util
-        jax.jit(lambda a: a @ a.T + 1)(jnp.ones((8, 8), jnp.float32)).block_until_ready()
-    finally:
-        if cpus is not None:
-            os.sched_setaffinity(0, cpus)
-    return jax
-
-
 try:
-    jax = _import_jax_pinned(int(THREADS))
+    from fluxtree.cli._anchors import import_jax_pinned
+    jax = import_jax_pinned(int(THREADS))
+    import jax.flatten_util
+    import jax.tree_util
     jnp = jax.numpy
     jax_tree_util = jax.tree_util
     ravel_pytree = jax.flatten_util.ravel_pytree

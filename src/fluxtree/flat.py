@@ -384,14 +384,7 @@ def _as_gpu_vector(v: Any, n: int) -> Any:
                          f"{type(v).__name__}; move it with fluxtree.gpu first.")
     cp = sys.modules["cupy"]
     v = cp.asarray(v)
-    if v.dtype.kind not in "biufc":
-        raise TypeError(f"Restructure: expected a real, complex or integer vector, got dtype "
-                        f"{v.dtype}.")
-    if v.ndim != 1:
-        raise ValueError(f"Restructure: expected a 1-D vector of length {n}, got shape "
-                         f"{v.shape}.")
-    if v.shape[0] != n:
-        raise ValueError(f"Restructure: expected a vector of length {n}, got {v.shape[0]}.")
+    _check_vector(v, n)
     if v.dtype.kind in "biu":
         return v.astype(np.float64)
     return cp.ascontiguousarray(v)
@@ -421,12 +414,8 @@ def _gpu_leaves(layout: Layout, v: Any, copy: bool) -> list:
     return leaves
 
 
-def _as_vector(v: Any, n: int) -> np.ndarray:
-    if not isinstance(v, np.ndarray):
-        if hasattr(v, "__cuda_array_interface__"):
-            raise ValueError("Restructure: this model lives on the CPU but the vector is a "
-                             "GPU array; move one of them first.")
-        v = np.asarray(v)
+def _check_vector(v: Any, n: int) -> None:
+    """``v`` (NumPy or CuPy) must be a real, complex or integer vector of length ``n``."""
     if v.dtype.kind not in "biufc":
         raise TypeError(f"Restructure: expected a real, complex or integer vector, got dtype "
                         f"{v.dtype}.")
@@ -435,6 +424,15 @@ def _as_vector(v: Any, n: int) -> np.ndarray:
                          f"{v.shape}.")
     if v.shape[0] != n:
         raise ValueError(f"Restructure: expected a vector of length {n}, got {v.shape[0]}.")
+
+
+def _as_vector(v: Any, n: int) -> np.ndarray:
+    if not isinstance(v, np.ndarray):
+        if hasattr(v, "__cuda_array_interface__"):
+            raise ValueError("Restructure: this model lives on the CPU but the vector is a "
+                             "GPU array; move one of them first.")
+        v = np.asarray(v)
+    _check_vector(v, n)
     if v.dtype.kind in "biu":
         return v.astype(np.float64)
     if not v.dtype.isnative:

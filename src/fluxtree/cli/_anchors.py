@@ -148,8 +148,14 @@ def _torch(spec: dict[str, Any], x0: np.ndarray, X: np.ndarray, Y: np.ndarray,
 # ----------------------------------------------------------------------------
 # JAX
 # ----------------------------------------------------------------------------
-def _import_jax(threads: int | None) -> Any:
-    """Import jax and start its CPU backend with XLA's pool sized to ``threads`` CPUs."""
+def import_jax_pinned(threads: int | None) -> Any:
+    """Import jax and start its CPU backend with XLA's pool sized to ``threads`` CPUs.
+
+    XLA sizes its pool from the CPU affinity when the backend starts (it ignores
+    ``OMP_NUM_THREADS`` and, in jax 0.10, ``XLA_FLAGS``), so the process is confined to
+    ``threads`` CPUs while jax starts, then the affinity is restored.  The asv suite uses
+    this too.
+    """
     if "jax" in sys.modules:
         return sys.modules["jax"]
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -170,7 +176,7 @@ def _import_jax(threads: int | None) -> Any:
 
 def _jax(spec: dict[str, Any], x0: np.ndarray, X: np.ndarray, Y: np.ndarray,
          dtype: np.dtype, threads: int | None) -> Feed:
-    jax = _import_jax(threads)
+    jax = import_jax_pinned(threads)
     if dtype == np.float64:
         jax.config.update("jax_enable_x64", True)
     jnp = jax.numpy
