@@ -641,6 +641,9 @@ class _RestructureOp:
         if t_d_outs is None:                        # linear: no adjoint tangent, none out
             return (None,)
         k = next(t.shape[0] for t in t_d_outs if t is not None)
+        if k == 1:                                  # one tangent: the backward's packing
+            return (self.backward(dtype, [None if t is None else t[0] for t in t_d_outs],
+                                  needs)[0][None, :],)
         out = np.zeros((k, self.layout.length), dtype)
         for (a, b), t in zip(self._slices(), t_d_outs):
             if t is not None:

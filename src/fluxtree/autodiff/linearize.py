@@ -7,6 +7,7 @@ one tangent-backward sweep over the saved values.
 """
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -54,10 +55,22 @@ def block(v: Any, shape: tuple, dtype: np.dtype, what: str) -> tuple[np.ndarray,
     raise ValueError(f"{what}: expected v of shape {shape} or {shape + ('k',)}, got {v.shape}.")
 
 
+def _exclusive(t: np.ndarray, dtype: np.dtype) -> bool:
+    """Whether ``t`` (a sweep's result) is a contiguous array of ``dtype`` that only the
+    caller's reference and the value slot it came from hold, over memory of its own or of
+    a base array that only it holds."""
+    base = t.base
+    return (type(t) is np.ndarray and t.dtype == dtype and t.flags.c_contiguous
+            and t.flags.writeable and sys.getrefcount(t) <= 3
+            and (base is None or (type(base) is np.ndarray and sys.getrefcount(base) <= 2)))
+
+
 def unblock(t: np.ndarray | None, k: int, shape: tuple, dtype: np.dtype, is_block: bool,
             out: np.ndarray | None) -> np.ndarray:
     """The inverse of ``block``: ``(k, *shape)`` back to ``shape`` or ``shape + (k,)``."""
     target_shape = shape + (k,) if is_block else shape
+    if out is None and t is not None and not is_block and _exclusive(t, dtype):
+        return t.reshape(shape)                 # nothing else holds it: hand it over
     if out is None:
         out = np.empty(target_shape, dtype)
     elif out.shape != target_shape:
