@@ -17,7 +17,9 @@ Anchors: ``jax.jit(jax.grad(f))`` and ``jax.jit(jvp(grad(f)))`` (``jax_enable_x6
 ``torch.func.grad`` / ``torch.func.jvp(torch.func.grad(f))`` and autograd's double
 backward (``create_graph=True``), torch pinned to the same thread count.
 Targets: HVP <= 2x fluxtree's gradient; gradient and HVP faster than the fastest anchor;
-a block of 8 <= 4x one HVP.
+a block of 8 <= 4x one HVP.  Threads follow ``common.py`` (one by default); run with
+``FLUXTREE_BENCH_THREADS=2`` on an idle machine for the two-core figures of
+``docs/performance.md``.
 """
 from __future__ import annotations
 
