@@ -267,3 +267,17 @@ def test_user_layer_first_order_only():
     flat, re = ft.destructure(layer)
     with pytest.raises(TypeError, match=r"Scale\(\) has no second-order rule"):
         ft.hvp(lambda v: np.sum(re(v)(x) ** 2), flat, np.ones(2))
+
+
+def test_dropout_in_hvp_leaves_the_generator_and_repeats_its_mask():
+    d = Dropout(0.5, rng=np.random.default_rng(3))
+    x = np.linspace(0.5, 2.0, 12)
+    state = d.rng.bit_generator.state
+    f = lambda v: np.sum(d(v) ** 3)  # noqa: E731
+    h1 = ft.hvp(f, x, np.ones_like(x))
+    h2 = ft.hvp(f, x, np.ones_like(x))
+    np.testing.assert_array_equal(h1, h2)
+    assert d.rng.bit_generator.state == state
+    assert np.count_nonzero(h1) < x.size           # some entries were dropped
+    ft.gradient(f, x)                               # a training step draws: the state moves
+    assert d.rng.bit_generator.state != state

@@ -1,6 +1,7 @@
 """Dropout, and ``colon`` (Flux's ``:``) for its ``dims``."""
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import numpy as np
@@ -8,7 +9,7 @@ import numpy as np
 from .. import _tracing, functors
 from . import show
 from ._common import _record
-from .mode import is_training
+from .mode import is_training, updates_stats
 
 __all__ = ["Colon", "Dropout", "colon"]
 
@@ -37,7 +38,10 @@ class Dropout:
 
     ``dims``: the axes along which independent choices are made (``colon``: all), the
     mask being broadcast along the others. Plain calls are in test mode (identity).
-    ``rng`` is a NumPy ``Generator`` (a fresh one by default, never None).
+    ``rng`` is a NumPy ``Generator`` (a fresh one by default, never None); evaluations
+    that must not change the model (``hvp``, ``jvp``, ``hessian``, scipy's probes through
+    ``Objective``) draw from a copy of it, so they leave its state alone and all see the
+    same mask — the objective stays a function of the parameters.
 
     >>> import numpy as np
     >>> Dropout(0.5)(np.ones(3))
@@ -79,7 +83,10 @@ class Dropout:
         axes = range(x.ndim) if self.dims is colon else (
             (self.dims,) if isinstance(self.dims, int) else tuple(self.dims))
         shape = tuple(x.shape[a] if a in axes else 1 for a in range(x.ndim))
-        keep = self.rng.random(shape) >= self.p
+        # evaluations that must not change the model (hvp, jvp, scipy's probes) draw from a
+        # copy of the generator: its state stays, and every such evaluation sees one mask
+        rng = self.rng if updates_stats() else copy.deepcopy(self.rng)
+        keep = rng.random(shape) >= self.p
         return (keep * (1 / (1 - self.p))).astype(x.dtype)
 
     # The op rules (see fluxtree._tracing): Dropout is linear in x with the saved mask.

@@ -143,7 +143,9 @@ class Objective(Generic[M]):
     normalises with the statistics of each batch.  Its running statistics are never moved
     by ``fun``, ``jac`` or ``hessp`` (so ``fun`` is a function of ``x``); ``accept(x)``
     updates them as one training step would, which ``minimize`` does at every accepted
-    iterate.  Dropout makes ``fun`` random; put it in test mode (``testmode_``) first.
+    iterate.  Dropout's probes all see one mask (they draw from a copy of its generator),
+    but no scipy method expects the loss to change between steps: put Dropout in test mode
+    (``testmode_``) first.
 
     Counters: ``nfev``, ``njev``, ``nhev`` (calls of ``fun`` and ``jac``, and products
     computed by ``hessp``/``hess``/``hessian``) and ``nforward`` (forward passes over the
