@@ -56,7 +56,7 @@ def _jax_fns(widths, flat, re, x, y):
         h, off = xj, 0
         n_layers = len(widths) - 1
         for i in range(n_layers):
-            (wshape, wn), (bshape, bn) = shapes[2 * i], shapes[2 * i + 1]
+            (wshape, wn), (_, bn) = shapes[2 * i], shapes[2 * i + 1]
             W = v[off:off + wn].reshape(wshape)
             off += wn
             b = v[off:off + bn]

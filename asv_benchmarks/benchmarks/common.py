@@ -96,10 +96,12 @@ except Exception:  # pragma: no cover - torch is an optional anchor
 
 
 try:
+    import importlib
+
     from fluxtree.cli._anchors import import_jax_pinned
     jax = import_jax_pinned(int(THREADS))
-    import jax.flatten_util
-    import jax.tree_util
+    importlib.import_module("jax.flatten_util")
+    importlib.import_module("jax.tree_util")
     jnp = jax.numpy
     jax_tree_util = jax.tree_util
     ravel_pytree = jax.flatten_util.ravel_pytree
