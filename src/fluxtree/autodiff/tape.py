@@ -49,8 +49,9 @@ def _accumulate_tadj(t: Tracked, g: Any) -> None:
 
 def _fit(g: Any, shape: tuple, dtype: np.dtype, lead: int) -> np.ndarray:
     """``g`` as an array of the value's dtype; a wrong shape is a bug in an op's rule."""
-    g = np.asarray(g)
-    if g.shape[lead:] != shape:
+    if type(g) is not np.ndarray:
+        g = np.asarray(g)
+    if (g.shape if lead == 0 else g.shape[lead:]) != shape:
         raise ValueError(f"fluxtree.autodiff: an op's rule returned shape {g.shape[lead:]} for "
                          f"a value of shape {shape}.")
     return g if g.dtype == dtype else g.astype(dtype)
@@ -63,6 +64,7 @@ class Tape:
         self.nodes: list[Node] = []
         self.inputs: list[Tracked] = []
         self.ref = weakref.ref(self)
+        self._curvature_needs: list[tuple] | None = None
 
     # -- recording -------------------------------------------------------------------
     def watch(self, value: np.ndarray) -> Tracked:
@@ -86,6 +88,7 @@ class Tape:
         else:
             outputs = result = Tracked(out, self.ref)
         self.nodes.append(Node(op, inputs, needs, outputs, saved))
+        self._curvature_needs = None
         return result
 
     # -- sweeps ----------------------------------------------------------------------
@@ -118,8 +121,10 @@ class Tape:
         linear op's rule does not (``op.linear``).  So a value needs an adjoint when a
         nonlinear op made it, or a linear op whose inputs need one; the inputs of the
         function and the parameters ``re(v)`` cuts from them never do, and the backward
-        sweep of an HVP skips their (weight-sized) gradients.
+        sweep of an HVP skips their (weight-sized) gradients.  Worked out once per recording.
         """
+        if self._curvature_needs is not None:
+            return self._curvature_needs
         wanted: set[int] = set()
         out = []
         for node in self.nodes:
@@ -127,6 +132,7 @@ class Tape:
             if not getattr(node.op, "linear", False) or any(out[-1]):
                 for o in (node.outputs if isinstance(node.outputs, list) else (node.outputs,)):
                     wanted.add(id(o))
+        self._curvature_needs = out
         return out
 
     def backward(self, output: Tracked, start: int = 0, curvature_only: bool = False) -> None:
