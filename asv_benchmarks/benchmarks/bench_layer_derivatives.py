@@ -58,13 +58,18 @@ class DenseForwardBackward(Benchmark):
         delta @ W, delta.T @ self.x, delta.sum(axis=0)
 
 
+def _torch_setup(case: Benchmark, name: str) -> None:
+    """The case's inputs as torch leaf tensors that require gradients, and ``dy``."""
+    need_torch()
+    type(case).__mro__[1].setup(case, name)
+    torch.set_num_threads(1)
+    case.t = [torch.from_numpy(a.copy()).requires_grad_(True) for a in case.inputs]
+    case.tdy = torch.from_numpy(case.dy)
+
+
 class DenseForwardBackwardTorch(DenseForwardBackward):
     def setup(self, name: str) -> None:
-        need_torch()
-        super().setup(name)
-        torch.set_num_threads(1)
-        self.t = [torch.from_numpy(a.copy()).requires_grad_(True) for a in self.inputs]
-        self.tdy = torch.from_numpy(self.dy)
+        _torch_setup(self, name)
 
     def time_torch(self, name: str) -> None:
         x, W, b = self.t
@@ -126,11 +131,7 @@ class BatchNormForwardBackward(Benchmark):
 
 class BatchNormForwardBackwardTorch(BatchNormForwardBackward):
     def setup(self, name: str) -> None:
-        need_torch()
-        super().setup(name)
-        torch.set_num_threads(1)
-        self.t = [torch.from_numpy(a.copy()).requires_grad_(True) for a in self.inputs]
-        self.tdy = torch.from_numpy(self.dy)
+        _torch_setup(self, name)
 
     def time_torch(self, name: str) -> None:
         x, g, b = self.t
