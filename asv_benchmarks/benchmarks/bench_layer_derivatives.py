@@ -61,7 +61,7 @@ class DenseForwardBackward(Benchmark):
 def _torch_setup(case: Benchmark, name: str) -> None:
     """The case's inputs as torch leaf tensors that require gradients, and ``dy``."""
     need_torch()
-    type(case).__mro__[1].setup(case, name)
+    super(type(case), case).setup(name)
     torch.set_num_threads(1)
     case.t = [torch.from_numpy(a.copy()).requires_grad_(True) for a in case.inputs]
     case.tdy = torch.from_numpy(case.dy)
